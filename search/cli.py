@@ -1,0 +1,40 @@
+"""The ``scalesearch`` command: one subcommand per module in ``search/commands``.
+
+Each command module exposes ``add_parser(subparsers)`` and ``run(args) -> int``
+and must import quickly (no JAX at import time), so ``scalesearch --help`` is
+instant. Errors a user can fix exit with status 2 and a message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "search.commands.train",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scalesearch",
+        description="Search model blocks and training strategies, ranked by predicted loss at the target compute.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
