@@ -1,0 +1,181 @@
+"""The campaign database's schema: sqlite-utils migrations, one function per change.
+
+``connect(path)`` is the only way in: it opens the file, switches it to WAL with
+full synchronous commits, turns on foreign keys, and applies any pending
+migration, so an old campaign file is upgraded when it is opened. A new schema
+change is a new decorated function at the end of this file, never an edit of an
+old one (files in the wild have the old ones applied already).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("scalesearch")
+
+TABLES = ("campaign", "programs", "runs", "fits", "prompts", "proposer_calls", "registrations")
+
+
+def connect(path: str | pathlib.Path) -> sqlite_utils.Database:
+    """Open (or create) the campaign database at ``path`` (``":memory:"`` for tests).
+
+    Raises:
+      sqlite3.DatabaseError: the file is not a SQLite database.
+    """
+    db = sqlite_utils.Database(path) if str(path) == ":memory:" else sqlite_utils.Database(pathlib.Path(path))
+    if not db.memory:
+        db.enable_wal()
+        # FULL: a commit survives power loss too, and commits are rare (one per result).
+        db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=10000")  # readers (status, Datasette) may hold the file briefly
+    migrations.apply(db)
+    return db
+
+
+@migrations()
+def m001_campaign(db: sqlite_utils.Database) -> None:
+    db["campaign"].create(
+        {"id": int, "name": str, "spec_toml": str, "spec": str, "seed": int, "created": float},
+        pk="id",
+        not_null={"spec_toml", "spec", "seed"},
+    )
+
+
+@migrations()
+def m002_prompts(db: sqlite_utils.Database) -> None:
+    db["prompts"].create(
+        {"id": int, "text": str, "island": int, "parent_ids": str, "created": float},
+        pk="id",
+        not_null={"text"},
+    )
+
+
+@migrations()
+def m003_programs(db: sqlite_utils.Database) -> None:
+    db["programs"].create(
+        {
+            "id": int,
+            "source": str,
+            "blocks": str,
+            "parent_ids": str,
+            "island": int,
+            "proposer": str,
+            "prompt_id": int,
+            "source_hash": str,
+            "note": str,
+            "fingerprint": str,
+            "status": str,
+            "message": str,
+            "stage": int,
+            "created": float,
+        },
+        pk="id",
+        not_null={"source", "proposer", "stage"},
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+    db["programs"].create_index(["status"])
+    db["programs"].create_index(["source_hash"])
+    db["programs"].create_index(["fingerprint"])
+
+
+@migrations()
+def m004_runs(db: sqlite_utils.Database) -> None:
+    db["runs"].create(
+        {
+            "id": int,
+            "program_id": int,
+            "stage": int,
+            "n_target": float,
+            "d_target": float,
+            "seed": int,
+            "reason": str,
+            "state": str,
+            "status": str,
+            "n_params": int,
+            "n_active_params": int,
+            "n_tokens": int,
+            "flops_analytic": float,
+            "flops_xla": float,
+            "final_loss": float,
+            "loss_curve": str,
+            "timings": str,
+            "metrics": str,
+            "jax_version": str,
+            "xla_version": str,
+            "device": str,
+            "isolation": str,
+            "message": str,
+            "planned_at": float,
+            "started_at": float,
+            "finished_at": float,
+        },
+        pk="id",
+        not_null={"program_id", "stage", "state"},
+        foreign_keys=[("program_id", "programs", "id")],
+    )
+    db["runs"].create_index(["program_id"])
+    db["runs"].create_index(["state"])
+
+
+@migrations()
+def m005_fits(db: sqlite_utils.Database) -> None:
+    db["fits"].create(
+        {
+            "id": int,
+            "program_id": int,
+            "kind": str,
+            "law": str,
+            "params": str,
+            "intervals": str,
+            "c_star": float,
+            "loss_at_c_star": float,
+            "loss_low": float,
+            "loss_high": float,
+            "n_star": float,
+            "d_star": float,
+            "prob_best": float,
+            "n_runs": int,
+            "round": int,
+            "created": float,
+        },
+        pk="id",
+        not_null={"kind", "law", "round"},
+        foreign_keys=[("program_id", "programs", "id")],
+    )
+    db["fits"].create_index(["program_id", "round"])
+
+
+@migrations()
+def m006_proposer_calls(db: sqlite_utils.Database) -> None:
+    db["proposer_calls"].create(
+        {
+            "id": int,
+            "model": str,
+            "prompt_id": int,
+            "tokens_in": int,
+            "tokens_out": int,
+            "latency_s": float,
+            "outcome": str,
+            "cost": float,
+            "n_programs": int,
+            "message": str,
+            "created": float,
+        },
+        pk="id",
+        not_null={"model", "outcome"},
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+
+
+@migrations()
+def m007_registrations(db: sqlite_utils.Database) -> None:
+    db["registrations"].create(
+        {"seq": int, "program_id": int, "island": int, "score": float, "stage": int, "length": int, "created": float},
+        pk="seq",
+        not_null={"program_id", "score", "stage", "length"},
+        foreign_keys=[("program_id", "programs", "id")],
+    )
