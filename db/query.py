@@ -127,7 +127,7 @@ def failures(
     cascade stopped it) under the program.
     """
     sql = """
-        SELECT id AS program_id, stage, status, message, NULL AS run_id, created AS at, island
+        SELECT id AS program_id, stage, status, message, NULL AS run_id, ended AS at, island
           FROM programs WHERE status IS NOT NULL AND status != 'ok'
         UNION ALL
         SELECT runs.program_id, runs.stage, runs.status, runs.message, runs.id, runs.finished_at, programs.island

@@ -135,11 +135,12 @@ def record_program_outcome(
         row = _get(db, "programs", program_id)
         if row["status"] is not None:
             raise FinishedProgramError(f"program {program_id} already ended with status {row['status']}")
-        update = {"status": status.value, "stage": max(int(stage), row["stage"]), "message": message}
+        now = clock()
+        update = {"status": status.value, "stage": max(int(stage), row["stage"]), "message": message, "ended": now}
         if fingerprint is not None:
             update["fingerprint"] = fingerprint
         db["programs"].update(program_id, update)
-        _write_registrations(db, registrations, clock())
+        _write_registrations(db, registrations, now)
     return rows.from_row(Program, {**row, **update})
 
 

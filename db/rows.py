@@ -164,6 +164,7 @@ class Program:
       message: why it failed, for the next prompt (empty when ok).
       stage: the last cascade stage it entered (``Stage``).
       created: when it was recorded.
+      ended: when its outcome was recorded.
       id: assigned by the database, in commit order.
     """
 
@@ -180,6 +181,7 @@ class Program:
     message: str = ""
     stage: int = 0
     created: float | None = None
+    ended: float | None = None
     id: int | None = None
 
 

@@ -72,6 +72,7 @@ def m003_programs(db: sqlite_utils.Database) -> None:
             "message": str,
             "stage": int,
             "created": float,
+            "ended": float,
         },
         pk="id",
         not_null={"source", "proposer", "stage"},

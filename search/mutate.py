@@ -123,7 +123,8 @@ class Draft:
         return programs.returned_dict(text, name, args) if text is not None else None
 
     def hp(self) -> ReturnedDict | None:
-        return self.returned_dict("strategy", "hyperparameters", "n_params, n_tokens")
+        found = self.returned_dict("strategy", "hyperparameters", "n_params, n_tokens")
+        return found if found is not None and len(found.args) == 2 else None
 
     def options(self) -> ReturnedDict | None:
         return self.returned_dict("model", "model_options", "cfg") if self.spec is None else None
@@ -552,7 +553,7 @@ class Mutator:
         for _ in range(n):
             if len(parents) > 1 and rng.random() < self.config.crossover_rate:
                 i, j = rng.choice(len(parents), size=2, replace=False, p=weights / weights.sum())
-                child = self.crossover(parents[max(i, j)], parents[min(i, j)], rng, seen)
+                child = self.crossover(parents[i], parents[j], rng, seen)  # i's model, j's strategy
             else:
                 child = self.mutate(parents[int(rng.choice(len(parents), p=weights / weights.sum()))], rng, seen)
             if child is not None:

@@ -38,6 +38,7 @@ RECORDS = {
         message=text,
         stage=st.integers(0, 3),
         created=maybe(floats),
+        ended=maybe(floats),
     ),
     Run: st.builds(
         Run,

@@ -156,3 +156,45 @@ def test_base_losses_are_moved_onto_the_prediction_scale():
     assert scores(predicted, base) == pytest.approx({1: 1.9, 2: 1.8, 3: 1.7})
     assert score(None, 2.4, -0.7) == pytest.approx(1.7) and score(None, None, 0.0) is None
     assert base_shift([]) == 0.0  # before any fit, base losses are the scale
+
+
+def test_the_islands_rebuilt_from_the_database_equal_the_live_ones():
+    # A miniature campaign with a fake evaluator: the registrations committed with each
+    # result are all that resume needs to rebuild the same islands.
+    from db import query, record, schema
+    from db.rows import Program, Registration, Run, RunResult, Stage, Status
+    from proxy_models.program import seed_source
+    from search import mutate, programs, prompt
+
+    db = schema.connect(":memory:")
+    config = PopulationConfig(n_islands=3, reset_period=6, temperature_period=4)
+    live, mutator, rng = Population(config), mutate.Mutator(), np.random.default_rng(0)
+
+    def evaluate(program, island):
+        loss = 2.0 + int(program.source_hash[:6], 16) / 16**6  # a fake, deterministic base-run loss
+        run = record.plan_run(db, Run(program_id=program.id, stage=int(Stage.BASE), n_target=1e5, d_target=5e5))
+        reg = Registration(program.id, island, loss, int(Stage.BASE), programs.evolved_length(program.source))
+        record.finish_run(db, run.id, RunResult(status=Status.OK, final_loss=loss), registrations=[reg])
+        record.record_program_outcome(db, program.id, status=Status.OK, stage=int(Stage.BASE))
+        live.register(reg.program_id, reg.island, reg.score, reg.stage, reg.length)
+
+    source = seed_source("weakened")
+    evaluate(record.record_program(db, Program(source=source, source_hash=programs.source_hash(source))), None)
+    for _ in range(15):
+        sample = live.sample(rng)
+        parents = [prompt.Parent(p, query.program(db, p).source, score=s) for p, s in zip(sample.program_ids, sample.scores)]
+        assert prompt.build_prompt(parents).count("### Program") == len(parents)
+        for child in mutator.propose(parents, rng, query.seen_hashes(db), n=2):
+            row = Program(
+                source=child.source,
+                blocks=programs.blocks(child.source),
+                parent_ids=child.parent_ids,
+                island=sample.island,
+                proposer="mutator",
+                source_hash=child.source_hash,
+                note=child.note,
+            )
+            evaluate(record.record_program(db, row), sample.island)
+    replayed = Population.replay(query.registrations(db), config)
+    assert live.resets and replayed.islands == live.islands and replayed.entries == live.entries
+    assert len(query.seen_hashes(db)) == live.n_evaluations == 31
