@@ -7,8 +7,10 @@ models"), with three differences that the search campaign needs:
 - Lower scores are better (a score is a loss), so cluster logits are
   ``-score / temperature``.
 - Scores change: a candidate's predicted loss at C* sharpens as active learning
-  adds runs. Registering a program again re-scores it (on every island that
-  holds it); only a program's first registration counts as an evaluation.
+  adds runs. Registering a program again re-scores it wherever it lives (its
+  island argument is then ignored: a reset may have moved it); only a
+  program's first registration counts as an evaluation. ``changed`` lists the
+  programs whose score a new set of scores would change.
 - Nothing depends on wall-clock time or hidden randomness. The temperature
   decays over a period counted in evaluations on the island, islands are reset
   every ``reset_period`` evaluations, and a reset makes no random choice. So the
@@ -151,7 +153,7 @@ class Population:
         return population
 
     def register(self, program_id: ProgramId, island: int | None, score: float, stage: int, length: int) -> None:
-        """Add a program to ``island`` (None: to every island, as for a seed), or re-score it.
+        """Add a program to ``island`` (None: to every island, as for a seed), or re-score a registered one.
 
         Raises:
           ValueError: the score is not finite or the island does not exist.
@@ -162,14 +164,25 @@ class Population:
             raise ValueError(f"program {program_id}: no island {island} (there are {len(self.islands)})")
         new = program_id not in self.entries
         self.entries[program_id] = Entry(float(score), int(stage), int(length))
-        targets = range(len(self.islands)) if island is None else [island]
-        for i in targets:
-            if program_id not in self.islands[i].members:
-                self.islands[i].members[program_id] = None
-                self.islands[i].n_evaluations += new
+        if not new:
+            return
+        for i in range(len(self.islands)) if island is None else [island]:
+            self.islands[i].members[program_id] = None
+            self.islands[i].n_evaluations += 1
         period = self.config.reset_period
-        if new and period and self.n_evaluations % period == 0:
+        if period and self.n_evaluations % period == 0:
             self.reset_islands()
+
+    def changed(
+        self, scores: Mapping[ProgramId, float], stages: Mapping[ProgramId, int] | None = None
+    ) -> list[ProgramId]:
+        """Registered programs whose score (or stage) differs in ``scores`` (``stages``): the ones to re-register."""
+        out, stages = [], stages or {}
+        for p, entry in self.entries.items():
+            new_score, new_stage = scores.get(p, entry.score), stages.get(p, entry.stage)
+            if abs(new_score - entry.score) > 1e-12 or new_stage != entry.stage:
+                out.append(p)
+        return sorted(out)
 
     def best(self, island: int | None = None) -> ProgramId:
         """The lowest-scoring program (of one island, or of all); ties go to the oldest."""

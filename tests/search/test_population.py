@@ -85,11 +85,13 @@ def test_shorter_programs_are_preferred_within_a_cluster():
 
 
 def test_rescoring_moves_a_program_between_clusters_on_every_island_that_holds_it():
-    population = _population(n_islands=2)
+    population = _population(n_islands=3)
     population.register(1, None, 2.5, stage=2, length=10)
     population.register(2, 0, 2.4, stage=2, length=10)
-    population.register(1, 0, 1.7, stage=3, length=10)
-    assert population.clusters(1) == {(1.7, 3): [1]}
+    assert population.changed({1: 2.5, 2: 2.3}) == [2] and population.changed({}, {1: 3}) == [1]
+    population.register(1, None, 1.7, stage=3, length=10)
+    population.register(2, 1, 2.3, stage=2, length=10)  # the island of a re-scoring is ignored
+    assert population.clusters(1) == {(1.7, 3): [1]} and population.clusters(0) == {(1.7, 3): [1], (2.3, 2): [2]}
     assert population.best(0) == 1 and population.n_evaluations == 2
 
 
@@ -195,6 +197,22 @@ def test_the_islands_rebuilt_from_the_database_equal_the_live_ones():
                 note=child.note,
             )
             evaluate(record.record_program(db, row), sample.island)
+    # A fit round: five candidates get predictions, which moves every other score by the shift.
+    from db.rows import Fit
+    from search.population import scores as scores_of
+
+    base = query.base_losses(db)
+    predicted = {p: base[p] - 0.5 - 0.01 * p for p in sorted(base)[:5]}
+    new = scores_of(predicted, base)
+    stages = {p: int(Stage.SCALING) for p in predicted}
+    regs = [
+        Registration(p, None, new[p], stages.get(p, live.entries[p].stage), live.entries[p].length)
+        for p in live.changed(new, stages)
+    ]
+    record.record_fits(db, [Fit(program_id=p, loss_at_c_star=v) for p, v in predicted.items()], registrations=regs)
+    for r in regs:
+        live.register(r.program_id, r.island, r.score, r.stage, r.length)
+    assert len(regs) == live.n_evaluations == 31
     replayed = Population.replay(query.registrations(db), config)
     assert live.resets and replayed.islands == live.islands and replayed.entries == live.entries
-    assert len(query.seen_hashes(db)) == live.n_evaluations == 31
+    assert len(query.seen_hashes(db)) == 31
