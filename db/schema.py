@@ -10,6 +10,7 @@ old one (files in the wild have the old ones applied already).
 from __future__ import annotations
 
 import pathlib
+import sqlite3
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -19,14 +20,19 @@ migrations = Migrations("scalesearch")
 TABLES = ("campaign", "programs", "runs", "fits", "prompts", "proposer_calls", "registrations")
 
 
-def connect(path: str | pathlib.Path) -> sqlite_utils.Database:
+def connect(path: str | pathlib.Path, *, check_same_thread: bool = True) -> sqlite_utils.Database:
     """Open (or create) the campaign database at ``path`` (``":memory:"`` for tests).
+
+    Args:
+      path: the campaign file, or ``":memory:"``.
+      check_same_thread: False lets other threads use the connection; the caller
+        must then serialise the calls (a lock), or two threads' transactions mix.
 
     Raises:
       sqlite3.DatabaseError: the file is not a SQLite database.
     """
-    db = sqlite_utils.Database(path) if str(path) == ":memory:" else sqlite_utils.Database(pathlib.Path(path))
-    if not db.memory:
+    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=check_same_thread))
+    if str(path) != ":memory:":
         db.enable_wal()
         # FULL: a commit survives power loss too, and commits are rare (one per result).
         db.execute("PRAGMA synchronous=FULL")
