@@ -1,7 +1,7 @@
 """Choose width and depth for a requested N: the aspect-ratio rule.
 
-Rule: ``d_model`` a multiple of 8, heads about ``head_dim`` (32) wide (the divisor
-of ``d_model`` nearest to ``d_model / 32`` that leaves an even head width), and among all (d_model, n_layers) whose exact N lies within ``tolerance`` (10%) of
+Rule: ``d_model`` a multiple of 8, heads about ``head_dim`` (64) wide (the divisor
+of ``d_model`` nearest to ``d_model / 64`` that leaves an even head width), and among all (d_model, n_layers) whose exact N lies within ``tolerance`` (10%) of
 the request, the one whose aspect ratio ``d_model / n_layers`` is closest (in
 log) to ``aspect`` (40), ties to the closer N. Kaplan et al. 2020 (Figure 5)
 found loss nearly flat in aspect ratio over 20 to 200, so the rule keeps proxies
@@ -23,7 +23,7 @@ from proxy_models import counting
 from proxy_models.config import ModelConfig
 from proxy_models.program import Program, resolve_model_options
 
-HEAD_DIM = 32
+HEAD_DIM = 64
 WIDTH_STEP = 8
 ASPECT = 40.0
 TOLERANCE = 0.10

@@ -8,8 +8,6 @@ so compile time does not grow with depth.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -24,8 +22,9 @@ def init_model(program: Program, cfg: ModelConfig, key: jax.Array) -> Params:
     """Initialise every parameter; blocks are stacked on a leading ``[n_layers]`` axis.
 
     The embedding has unit variance (blocks normalise their inputs); the untied
-    unembedding has std ``1/sqrt(D)`` so that initial logits are O(1) and the
-    initial loss is close to ``ln 256``.
+    unembedding starts small (std ``0.1/sqrt(D)``, in the spirit of muP's zero
+    readout, Yang et al. 2021) so the initial prediction is near uniform and the
+    initial loss near ``ln 256``.
     """
     k_emb, k_blocks, k_out, k_pos = jax.random.split(key, 4)
     blocks = [program.init_block(k, cfg.block) for k in jax.random.split(k_blocks, cfg.n_layers)]
@@ -35,7 +34,7 @@ def init_model(program: Program, cfg: ModelConfig, key: jax.Array) -> Params:
         "final_norm": layers.norm_init(cfg.final_norm, cfg.d_model),
     }
     if not cfg.tie_embeddings:
-        params["unembed"] = layers.dense_init(k_out, cfg.d_model, VOCAB_SIZE)["w"]
+        params["unembed"] = layers.dense_init(k_out, cfg.d_model, VOCAB_SIZE, scale=0.1)["w"]
     if cfg.positions == "learned":
         params["positions"] = layers.learned_positions_init(k_pos, cfg.seq_len, cfg.d_model)["table"]
     return params
@@ -61,10 +60,11 @@ def forward(program: Program, cfg: ModelConfig, params: Params, tokens: jax.Arra
     x, aux = apply_blocks(program, cfg, params["blocks"], x, unroll)
     x = layers.norm(params["final_norm"], x)
     if cfg.tie_embeddings:
-        # A unit-variance embedding read out directly would give logits of std sqrt(D).
-        logits = (x @ params["embed"].T) / math.sqrt(cfg.d_model)
+        # A unit-variance embedding read out directly would give logits of std
+        # sqrt(D); muP's 1/D readout multiplier (Yang et al. 2021) starts near uniform.
+        logits = layers.matmul(x, params["embed"].T) / cfg.d_model
     else:
-        logits = x @ params["unembed"]
+        logits = layers.matmul(x, params["unembed"])
     return logits, aux
 
 
