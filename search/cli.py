@@ -13,6 +13,7 @@ import sys
 
 COMMANDS = {
     "train": "search.commands.train",
+    "eval": "search.commands.eval",
 }
 
 

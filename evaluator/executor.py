@@ -1,0 +1,149 @@
+"""Where evaluations run: the Executor interface and the local pool of warm sandboxed workers.
+
+The search loop hands jobs to an ``Executor`` and gets futures back, so several
+candidates can be in flight. ``LocalExecutor`` runs them on this machine: one
+slot per worker, each pinned to its own cores; each slot keeps one *spare*
+worker that has already imported JAX, so a job starts the moment it is
+submitted, and a replacement spare is started (in the background) as soon as
+one is taken. Every worker serves exactly one job and is then destroyed.
+A distributed executor only has to implement ``submit`` and ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pathlib
+import queue
+import threading
+from typing import Protocol
+
+from evaluator.protocol import Job
+from evaluator.result import EvalResult
+from evaluator.sandbox import Isolation, SandboxConfig, SandboxError, UidPool, probe_isolation
+from evaluator.supervisor import WorkerProcess
+
+DEFAULT_RUNNER = "proxy_models.run"
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere and returns one ``EvalResult`` per stage attempted.
+
+    ``submit`` never raises for anything the candidate does; the future raises
+    only when the executor itself is broken (``SandboxError``).
+    """
+
+    isolation: Isolation
+
+    def submit(self, job: Job) -> concurrent.futures.Future[list[EvalResult]]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def _cache_dir() -> str:
+    return os.environ.get("SCALESEARCH_CACHE") or str(pathlib.Path.home() / ".cache" / "scalesearch")
+
+
+def prepare_corpus(corpus: str | None) -> None:
+    """Build the corpus cache outside the sandbox (trusted code), where it can be written."""
+    from proxy_models.data import load_corpus
+
+    load_corpus(corpus)
+
+
+class LocalExecutor:
+    """A process pool of sandboxed workers on this machine.
+
+    Args:
+      config: limits and isolation for every worker.
+      runner: module (dotted name or path to a ``.py`` file) that provides
+        ``smoke`` and ``train_run``; the default is ``proxy_models.run``.
+      max_workers: jobs in flight at once (default: usable cores // cores_per_worker).
+      cores_per_worker: cores each worker is pinned to (``os.sched_setaffinity``).
+      corpus: the training corpus folder (None: the standard library), prepared
+        once here and mounted read-only into the sandbox.
+      spares: keep a warm worker ready per slot (False starts one per job, cold).
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig = SandboxConfig(),
+        runner: str = DEFAULT_RUNNER,
+        max_workers: int | None = None,
+        cores_per_worker: int = 1,
+        corpus: str | None = None,
+        spares: bool = True,
+    ):
+        self.config, self.runner, self.corpus, self.use_spares = config, runner, corpus, spares
+        self.isolation = probe_isolation(config)
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        per = max(1, min(cores_per_worker, len(cores)))
+        self.max_workers = max_workers or max(1, len(cores) // per)
+        self.slots = [tuple(cores[(i * per + j) % len(cores)] for j in range(per)) for i in range(self.max_workers)]
+        self.uids = UidPool(config.uid_base)
+        self.cache_dir = _cache_dir()
+        if runner == DEFAULT_RUNNER:
+            prepare_corpus(corpus)
+        self.extra_ro = tuple(p for p in (self.cache_dir, corpus) if p and os.path.exists(p))
+        self._free: queue.Queue[int] = queue.Queue()
+        self._spares: dict[int, WorkerProcess | None] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="evaluator")
+        for slot in range(self.max_workers):
+            self._free.put(slot)
+            self._spares[slot] = self._spawn(slot) if spares else None
+
+    def _spawn(self, slot: int) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.config, self.isolation, self.runner, self.slots[slot], self.uids, self.cache_dir, self.corpus, self.extra_ro
+        )
+        return worker.start()
+
+    def submit(self, job: Job) -> concurrent.futures.Future[list[EvalResult]]:
+        if self._closed:
+            raise RuntimeError("this executor has been shut down")
+        return self._threads.submit(self._run, job)
+
+    def run(self, job: Job) -> list[EvalResult]:
+        """``submit(job).result()``."""
+        return self.submit(job).result()
+
+    def _run(self, job: Job) -> list[EvalResult]:
+        slot = self._free.get()
+        try:
+            for attempt in range(2):
+                worker = self._take(slot)
+                try:
+                    worker.wait_ready()
+                except SandboxError:
+                    if attempt:
+                        raise
+                    continue
+                return worker.run(job)
+            raise AssertionError("unreachable")
+        finally:
+            self._free.put(slot)
+
+    def _take(self, slot: int) -> WorkerProcess:
+        """This slot's warm spare (or a new worker), and start its replacement."""
+        with self._lock:
+            worker = self._spares.get(slot) or self._spawn(slot)
+            self._spares[slot] = self._spawn(slot) if self.use_spares and not self._closed else None
+        return worker
+
+    def shutdown(self) -> None:
+        """Stop accepting jobs, wait for running ones, destroy the spares."""
+        self._closed = True
+        self._threads.shutdown(wait=True)
+        with self._lock:
+            for slot, worker in self._spares.items():
+                if worker is not None:
+                    worker.destroy()
+                self._spares[slot] = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
