@@ -222,3 +222,28 @@ def spent(db: sqlite_utils.Database) -> Spent:
     totals = {**next(db.query(run_sql)), **next(db.query(call_sql))}
     totals["candidates"] = db.execute("SELECT COUNT(*) FROM programs WHERE status IS NOT NULL").fetchone()[0]
     return Spent(**totals)
+
+
+# ----------------------------------------------------------------------------- the runner's reads
+
+
+def step_count(db: sqlite_utils.Database) -> int:
+    """Search steps recorded so far (each seeds its own random generator)."""
+    return db.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+
+
+def latest_pooled_runs(db: sqlite_utils.Database) -> int:
+    """How many ok runs the newest pooled fit saw (0 when there is none)."""
+    row = db.execute("SELECT n_runs FROM fits WHERE kind = 'pooled' ORDER BY id DESC LIMIT 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+def incumbent_curves(db: sqlite_utils.Database, program_ids, stage: int = 2) -> list[list[list[float]]]:
+    """Base-run curves of these programs as ``[[step, tokens, loss], ...]`` (the early-stopping reference)."""
+    out = []
+    for pid in program_ids:
+        for run in runs(db, pid, state=State.DONE, status=Status.OK):
+            if run.stage == stage and run.loss_curve:
+                out.append([[i + 1, tokens, loss] for i, (tokens, loss) in enumerate(run.loss_curve)])
+                break
+    return out

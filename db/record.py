@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import sqlite_utils
 
 from db import rows
-from db.rows import Campaign, Fit, Program, Prompt, ProposerCall, Registration, Run, RunResult, State, Status
+from db.rows import Campaign, Fit, Program, Prompt, ProposerCall, Registration, Run, RunResult, State, Status, Step
 
 Clock = Callable[[], float]
 
@@ -246,3 +246,69 @@ def record_registrations(
     """Append registrations on their own (the seed's, for instance)."""
     with db.atomic():
         _write_registrations(db, registrations, clock())
+
+
+# ----------------------------------------------------------------------------- the runner's compound writes
+
+
+def record_step(
+    db: sqlite_utils.Database,
+    step: Step,
+    programs: Sequence[Program],
+    *,
+    prompt: Prompt | None = None,
+    calls: Sequence[ProposerCall] = (),
+    clock: Clock = time.time,
+) -> tuple[Step, list[Program]]:
+    """A whole proposal in one transaction: its prompt, calls, step row and child programs."""
+    with db.atomic():
+        now = clock()
+        prompt_id = record_prompt(db, prompt, clock=clock).id if prompt is not None else None
+        for call in calls:
+            record_proposer_call(db, dataclasses.replace(call, prompt_id=prompt_id), clock=clock)
+        stored = dataclasses.replace(step, prompt_id=prompt_id, n_children=len(programs), created=now, id=None)
+        step_id = _insert(db, "steps", stored)
+        out = []
+        for program in programs:
+            record = record_program(db, dataclasses.replace(program, prompt_id=prompt_id), clock=clock)
+            db["programs"].update(record.id, {"step_id": step_id})
+            out.append(record)
+    return _stored(dataclasses.replace(stored, id=step_id)), out
+
+
+def record_cascade(
+    db: sqlite_utils.Database,
+    program_id: int,
+    *,
+    status: Status,
+    stage: int,
+    message: str = "",
+    fingerprint: str | None = None,
+    runs: Sequence[tuple[Run, RunResult]] = (),
+    registrations: Sequence[Registration] = (),
+    clock: Clock = time.time,
+) -> Program:
+    """A candidate's whole cascade (its training runs and outcome) in one transaction.
+
+    Either all of it is committed or none, so a resumed campaign redoes a
+    candidate entirely or not at all.
+    """
+    with db.atomic():
+        for run, result in runs:
+            planned = plan_run(db, run, clock=clock)
+            finish_run(db, planned.id, result, clock=clock)
+        return record_program_outcome(db, program_id, status=status, stage=stage, message=message,
+                                      fingerprint=fingerprint, registrations=registrations, clock=clock)
+
+
+def plan_runs_with_fits(
+    db: sqlite_utils.Database, fits: Sequence[Fit], runs: Sequence[Run], *,
+    registrations: Sequence[Registration] = (), clock: Clock = time.time,
+) -> tuple[list[Fit], list[Run]]:
+    """A fit round and the scaling runs it plans, in one transaction."""
+    with db.atomic():
+        stored = record_fits(db, fits, registrations=registrations, clock=clock) if fits else []
+        if not fits and registrations:
+            record_registrations(db, registrations, clock=clock)
+        planned = [plan_run(db, run, clock=clock) for run in runs]
+    return stored, planned

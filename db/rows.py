@@ -388,3 +388,27 @@ class Failure:
     message: str
     run_id: int | None = None
     at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One search step: the island and parents sampled, who proposed, how many children.
+
+    Attributes:
+      island: the island sampled (None for the seed step).
+      parent_ids: the parents shown to the proposer.
+      proposer: ``mutator``, ``llm:<model>`` or ``seed``.
+      prompt_id: the prompt sent, if a language model was asked.
+      n_children: programs recorded from this step.
+      message: a note (an endpoint outage, say).
+      created, id: as elsewhere.
+    """
+
+    proposer: str
+    island: int | None = None
+    parent_ids: tuple[int, ...] = _json(default=())
+    prompt_id: int | None = None
+    n_children: int = 0
+    message: str = ""
+    created: float | None = None
+    id: int | None = None

@@ -17,7 +17,7 @@ from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("scalesearch")
 
-TABLES = ("campaign", "programs", "runs", "fits", "prompts", "proposer_calls", "registrations")
+TABLES = ("campaign", "programs", "runs", "fits", "prompts", "proposer_calls", "registrations", "steps")
 
 
 def connect(path: str | pathlib.Path, *, check_same_thread: bool = True) -> sqlite_utils.Database:
@@ -186,3 +186,17 @@ def m007_registrations(db: sqlite_utils.Database) -> None:
         not_null={"program_id", "score", "stage", "length"},
         foreign_keys=[("program_id", "programs", "id")],
     )
+
+
+@migrations()
+def m008_steps(db: sqlite_utils.Database) -> None:
+    # One row per search step (one proposal), committed with its children so a
+    # resumed campaign never proposes the same step twice.
+    db["steps"].create(
+        {"id": int, "island": int, "parent_ids": str, "proposer": str, "prompt_id": int, "n_children": int,
+         "message": str, "created": float},
+        pk="id",
+        not_null={"proposer", "n_children"},
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+    db["programs"].add_column("step_id", int)

@@ -12,8 +12,11 @@ import importlib
 import sys
 
 COMMANDS = {
+    "init": "search.commands.init",
+    "run": "search.commands.run",
     "train": "search.commands.train",
     "eval": "search.commands.eval",
+    "fit": "search.commands.fit",
 }
 
 

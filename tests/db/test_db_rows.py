@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from db import rows, schema
-from db.rows import Campaign, Fit, Program, Prompt, ProposerCall, Registration, Run, State, Status
+from db.rows import Campaign, Fit, Program, Prompt, ProposerCall, Registration, Run, State, Status, Step
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 floats = st.floats(allow_nan=False, allow_infinity=False)
@@ -100,6 +100,10 @@ RECORDS = {
         message=text,
         created=maybe(floats),
     ),
+    Step: st.builds(
+        Step, proposer=text, island=maybe(ints), parent_ids=ids, prompt_id=maybe(ints), n_children=ints, message=text,
+        created=maybe(floats),
+    ),
     Registration: st.builds(
         Registration, program_id=ints, island=maybe(ints), score=floats, stage=ints, length=ints, created=maybe(floats)
     ),
@@ -112,6 +116,7 @@ TABLES = {
     Prompt: "prompts",
     ProposerCall: "proposer_calls",
     Registration: "registrations",
+    Step: "steps",
 }
 
 

@@ -1,0 +1,80 @@
+"""The campaign entry point: open the database, build the evaluator and proposer, loop, report.
+
+Kept apart from ``loop.py`` so the loop stays pure wiring over injected parts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from rich.console import Console
+
+from db import schema
+from search.config import CampaignSpec
+from search.loop import Loop, open_campaign
+from search.progress import Progress, ranking_table, summary_text
+from search.propose import MutatorProposer, Proposer
+
+
+def build_evaluator(spec: CampaignSpec):
+    base = (spec.proxies.base_n, spec.proxies.base_d)
+    workers = spec.evaluator.n_workers()
+    if spec.evaluator.simulate:
+        from search.simulate import SimulatedEvaluator
+
+        return SimulatedEvaluator(base, workers=workers)
+    from search.evaluate import SandboxEvaluator
+
+    return SandboxEvaluator(base, workers, spec.evaluator.memory_gb, spec.proxies.corpus or None, spec.evaluator.timeout_scale)
+
+
+def build_proposer(spec: CampaignSpec) -> Proposer:
+    mutator = MutatorProposer()
+    if spec.proposer.get("kind", "mutator") == "mutator":
+        return mutator
+    from search.llm_propose import build_proposer as build_llm
+
+    return build_llm(spec.proposer, os.environ, mutator)
+
+
+def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: Console | None = None,
+                 evaluator=None, proposer: Proposer | None = None) -> int:
+    """Run or resume ``spec``'s campaign; prints progress and the final ranking. Returns an exit code."""
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    path = spec.resolve(spec.database)
+    db = schema.connect(path)
+    spec_toml = open(spec.path).read() if spec.path else ""
+    created = open_campaign(spec, db, spec_toml)
+    console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}")
+    evaluator = evaluator or build_evaluator(spec)
+    proposer = proposer or build_proposer(spec)
+    console.print(f"evaluator isolation: {evaluator.isolation}; proposer: {type(proposer).__name__}")
+    with Progress(db, spec.budget.candidates, console) as progress:
+        loop = Loop(spec, db, evaluator, proposer, on_event=progress)
+        previous = _install_sigint(loop) if install_signals else None
+        t0 = time.monotonic()
+        try:
+            reason = loop.run()
+        finally:
+            evaluator.close(cancel=loop.stopping)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+    console.print(summary_text(db, spec.budget.candidates))
+    console.print(ranking_table(db, 10))
+    console.print(f"stopped after {time.monotonic() - t0:.0f}s: {reason}")
+    return 130 if loop.stopping else 0
+
+
+def _install_sigint(loop: Loop):
+    """First Ctrl-C: stop cleanly (commits are whole, in-flight work is redone on resume). Second: abort."""
+
+    def handler(signum, frame):
+        if loop.stopping:
+            raise KeyboardInterrupt
+        print("\nstopping: finishing the current commit; Ctrl-C again to abort", file=sys.stderr, flush=True)
+        loop.stop()
+
+    return signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,142 @@
+"""(4) Fit and (5) choose: the campaign's scaling laws, predictions at C*, and the next runs.
+
+Every finished ok run of every candidate (seed and comparisons included) goes
+into one pooled maximum-likelihood fit (``active_learning.pooled``): E and the
+exponents are shared, each candidate's levels depart under a fitted prior, so a
+candidate with one base run borrows strength and one with many speaks for
+itself. A candidate is then scored by its predicted loss at the target compute
+C*, at its own compute-optimal (or inference-aware) N and D, with an interval
+and the probability that it is the best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from active_learning.choose import choose_next_runs
+from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
+from active_learning.scaling_law import Observation
+from db import query
+from db.rows import Fit, Run, Stage, State, Status
+from search.config import CampaignSpec
+
+MIN_POOLED_RUNS = 3  # below this the pooled law is a guess, so the loop waits for more runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """One fit round: the fit records, each candidate's predicted loss at C*, and the pooled fit."""
+
+    fits: list[Fit]
+    predicted: dict[int, float]
+    pooled: PooledFit | None
+
+
+def observations(db: sqlite_utils.Database) -> dict[str, list[Observation]]:
+    """Every ok, finished run with a loss, by candidate id (as a string)."""
+    out: dict[str, list[Observation]] = {}
+    for run in query.runs(db, state=State.DONE, status=Status.OK):
+        if run.final_loss and run.n_params and run.n_tokens:
+            fpt = run.metrics.get("flops_per_token_analytic") if run.metrics else None
+            obs = Observation(float(run.n_params), float(run.n_tokens), float(run.final_loss),
+                              flops_per_token=float(fpt) if fpt else None)
+            out.setdefault(str(run.program_id), []).append(obs)
+    return out
+
+
+def ok_run_count(db: sqlite_utils.Database) -> int:
+    return sum(len(v) for v in observations(db).values())
+
+
+def pooling(spec: CampaignSpec) -> PoolingConfig:
+    return PoolingConfig(law=spec.fit_law)
+
+
+def fit_round(db: sqlite_utils.Database, spec: CampaignSpec, rng: np.random.Generator) -> Judgement:
+    """Fit every candidate jointly and predict each at C*; an empty Judgement when too few runs."""
+    obs = observations(db)
+    n_runs = sum(len(v) for v in obs.values())
+    if n_runs < MIN_POOLED_RUNS:
+        return Judgement([], {}, None)
+    pooled = fit_pooled(obs, pooling(spec))
+    c_star, inference = spec.target_flops, spec.inference_tokens
+    predictions = pooled.predict_at_target(c_star, inference_tokens=inference)
+    prob_best = pooled.prob_best(c_star, rng, inference_tokens=inference)
+    fits = [_pooled_record(pooled, n_runs)]
+    for cand, pred in predictions.items():
+        fits.append(Fit(
+            program_id=int(cand), kind="candidate", law=pooled.law_name, params=pooled.params(cand),
+            intervals=_intervals(pooled, cand), c_star=c_star, loss_at_c_star=pred.loss, loss_low=pred.lo,
+            loss_high=pred.hi, n_star=pred.n_opt, d_star=pred.d_opt, prob_best=prob_best[cand], n_runs=pred.n_runs,
+        ))
+    return Judgement(fits, {int(c): p.loss for c, p in predictions.items()}, pooled)
+
+
+def _intervals(pooled: PooledFit, cand: str) -> dict[str, list[float]]:
+    """Marginal intervals of the law's natural parameters (Laplace, delta method)."""
+    params = pooled.params(cand)
+    sd = np.sqrt(np.maximum(np.diag(pooled.candidate_cov(cand)), 0.0))
+    q = pooled.quantile
+    return {name: [params[name] - q * s, params[name] + q * s] for name, s in zip(params, sd) if math.isfinite(s)}
+
+
+def _pooled_record(pooled: PooledFit, n_runs: int) -> Fit:
+    mean = pooled.law.describe(pooled.mean)
+    return Fit(program_id=None, kind="pooled", law=pooled.law_name,
+               params={**mean, "tau": pooled.tau, "noise_sd": math.sqrt(pooled.noise_var)}, n_runs=n_runs)
+
+
+def scaling_flops(db: sqlite_utils.Database) -> tuple[float, float]:
+    """(FLOPs of scaling runs, FLOPs of all runs) finished so far."""
+    total = scaling = 0.0
+    for run in query.runs(db, state=State.DONE):
+        f = run.flops_analytic or 0.0
+        total += f
+        scaling += f if run.stage == int(Stage.SCALING) else 0.0
+    return scaling, total
+
+
+def plan_scaling_runs(
+    db: sqlite_utils.Database, spec: CampaignSpec, judgement: Judgement, rng: np.random.Generator,
+    eligible: Sequence[int],
+) -> list[Run]:
+    """Active learning's next (candidate, N, D) runs, within the scaling share of proxy FLOPs.
+
+    Only ``eligible`` candidates (those that passed the base run) get runs; the
+    per-round budget is what keeps scaling runs under ``scaling_fraction`` of all
+    proxy FLOPs, and at most ``runs_per_round`` are planned.
+    """
+    if judgement.pooled is None or not eligible:
+        return []
+    p = spec.proxies
+    scaling, total = scaling_flops(db)
+    allowance = p.scaling_fraction * total - scaling  # keep scaling/(total) <= fraction after these runs
+    allowance = allowance / max(1e-9, 1 - p.scaling_fraction)
+    largest = max(6 * n * d for n, d in p.pool())
+    budget = min(allowance, p.runs_per_round * largest)
+    cheapest = min(6 * n * d for n, d in p.pool())
+    if budget < cheapest:
+        return []
+    done = {(r.program_id, round(r.n_target or 0), round(r.d_target or 0)) for r in query.runs(db)}
+    chosen = choose_next_runs(judgement.pooled, p.pool(), spec.target_flops, budget, rng,
+                              inference_tokens=spec.inference_tokens, candidates=[str(c) for c in eligible])
+    runs = []
+    for cand, n, d in chosen[: p.runs_per_round]:
+        seed = sum(1 for key in done if key == (int(cand), round(n), round(d)))  # a repeat gets a new seed
+        runs.append(Run(program_id=int(cand), stage=int(Stage.SCALING), n_target=n, d_target=d, seed=seed,
+                        reason="active learning: most reduces uncertainty of the best at C* per FLOP"))
+    return runs
+
+
+
+
+def scores_from(predicted: Mapping[int, float], base_losses: Mapping[int, float]) -> dict[int, float]:
+    """Population scores: predicted loss at C*, else the base loss shifted onto that scale."""
+    from search.population import scores as combine
+
+    return combine(dict(predicted), dict(base_losses))

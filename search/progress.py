@@ -1,0 +1,98 @@
+"""What a running campaign shows: a rich live panel on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import sqlite_utils
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from db import query
+
+
+def ranking_table(db: sqlite_utils.Database, k: int = 10, title: str = "Ranking by predicted loss at C*") -> Table:
+    """The top-k candidates: predicted loss at C* with its interval, probability best, runs."""
+    table = Table(title=title, title_justify="left")
+    for col, kw in (("#", {"justify": "right"}), ("program", {"justify": "right"}), ("proposer", {}),
+                    ("L(C*) nats/byte", {"justify": "right"}), ("90% interval", {"justify": "right"}),
+                    ("P(best)", {"justify": "right"}), ("runs", {"justify": "right"}), ("base loss", {"justify": "right"}),
+                    ("change", {})):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=48 if col == "change" else None, **kw)
+    base = query.base_losses(db)
+    for rank, r in enumerate(query.best_candidates(db, k), 1):
+        f, p = r.fit, r.program
+        table.add_row(str(rank), str(p.id), p.proposer, f"{f.loss_at_c_star:.4f}", f"[{f.loss_low:.4f}, {f.loss_high:.4f}]",
+                      f"{f.prob_best:.2f}" if f.prob_best is not None else "-", str(f.n_runs),
+                      f"{base[p.id]:.4f}" if p.id in base else "-", (p.note or "")[:60])
+    return table
+
+
+def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str = "") -> Text:
+    spent = query.spent(db)
+    counts = query.status_counts(db)["programs"]
+    failures = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()) if s not in ("ok", "pending")) or "none"
+    best = query.best_candidates(db, 1)
+    best_line = "no fit yet"
+    if best:
+        f = best[0].fit
+        best_line = f"program {best[0].program.id}: L(C*) {f.loss_at_c_star:.4f} [{f.loss_low:.4f}, {f.loss_high:.4f}]"
+    text = Text()
+    text.append(f"candidates {spent.candidates}/{budget_candidates or '∞'}  runs {spent.runs}  "
+                f"proxy FLOPs {spent.flops:.3g}  failures: {failures}\n")
+    text.append(f"best {best_line}")
+    if spent.proposer_calls:
+        text.append(f"\nlanguage model: {spent.proposer_calls} calls, {spent.tokens_in + spent.tokens_out} tokens")
+    if message:
+        text.append(f"\n{message}", style="yellow")
+    return text
+
+
+class Progress:
+    """``on_event`` for the loop: redraws a live panel (TTY) or prints one line per event."""
+
+    def __init__(self, db: sqlite_utils.Database, budget_candidates: int, console: Console | None = None):
+        self.db, self.budget = db, budget_candidates
+        self.console = console or Console()
+        self.live = Live(console=self.console, refresh_per_second=2, transient=False) if self.console.is_terminal else None
+        self.message = ""
+
+    def __enter__(self) -> Progress:
+        if self.live:
+            self.live.__enter__()
+            self._draw()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def _draw(self) -> None:
+        self.live.update(Group(summary_text(self.db, self.budget, self.message), ranking_table(self.db, 5)))
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        if kind == "step" and info.get("message"):
+            self.message = info["message"]
+        if self.live:
+            self._draw()
+            return
+        stamp = time.strftime("%H:%M:%S")
+        if kind == "candidate":
+            loss = f" base loss {info['loss']:.4f}" if info.get("loss") else ""
+            msg = f" ({info['message'][:80]})" if info.get("message") else ""
+            line = f"program {info['program']}: {info['status']}{loss}{msg}"
+        elif kind == "run":
+            loss = f"{info['loss']:.4f}" if info.get("loss") else "-"
+            line = f"run {info['run']} (program {info['program']}, N={info['n']}, D={info['d']}): {info['status']} loss {loss}"
+        elif kind == "fit":
+            line = f"fit on {info['runs']} runs; {info['planned']} scaling runs planned"
+            line += " | " + summary_text(self.db, self.budget).plain.replace("\n", " | ")
+        else:
+            line = f"step {info['step']}: {info['children']} children from {info['proposer']} (island {info['island']})"
+            if info.get("message"):
+                line += f" [{info['message']}]"
+        print(f"[{stamp}] {line}", file=sys.stdout, flush=True)
