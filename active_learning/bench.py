@@ -1,0 +1,276 @@
+"""Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
+
+Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S]`.
+
+Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
+best at the base run is not the best at C*), with 1% log-normal seed noise on
+every run. Every design sees the same truths and the same noise: run j of
+candidate k at pool point m always draws the same noise, whichever design asks
+for it. Every design starts from the same base run per candidate, is fitted with
+the same pooled model, and is scored at the same FLOP budgets (fractions of the
+full grid's FLOPs):
+
+  mare       mean over candidates of |L_hat*(C*) - L*(C*)| / L*(C*)
+  pick_rate  fraction of repeats whose predicted best is the true best at C*
+
+The last line of output is JSON with those numbers per design and budget and
+the headline keys al_flops_fraction_to_match_grid (the smallest budget at which
+active learning's mare is at most the full grid's), al_pick_rate (active
+learning's pick rate at that budget, where it stops) and small_scale_pick_rate
+(ranking by the base run's observed loss alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from active_learning import allocate
+from active_learning.choose import choose_next_runs, grid_design, random_design
+from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
+from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """The simulated campaign and the comparison.
+
+    Attributes:
+      n_candidates: K.
+      n_sizes: pool sizes N, log-spaced in [n_min, n_max].
+      n_min: smallest proxy N.
+      n_max: largest proxy N.
+      tokens_per_param: pool D/N ratios.
+      base_ratio: D/N of each candidate's base run (at n_min).
+      target_multiple: C* as a multiple of the largest pool run's FLOPs.
+      noise: seed-to-seed noise, sd of log loss.
+      spread: sd of the candidates' departures from Hoffmann et al.'s law, per parameter
+        (log E, log A, log B, alpha, beta).
+      min_margin: the true best must beat the runner-up at C* by this relative margin.
+      budgets: FLOP budgets at which designs are scored, as fractions of the full grid.
+      al_steps: cumulative budgets at which active learning refits and chooses again.
+      repeats: simulated campaigns.
+      pooling: the fit every design uses.
+    """
+
+    n_candidates: int = 8
+    n_sizes: int = 5
+    n_min: float = 1e7
+    n_max: float = 1.6e8
+    tokens_per_param: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0, 80.0)
+    base_ratio: float = 20.0
+    target_multiple: float = 100.0
+    noise: float = 0.01
+    spread: tuple[float, ...] = (0.05, 0.3, 0.3, 0.03, 0.03)
+    min_margin: float = 0.01
+    budgets: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+    al_steps: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+    repeats: int = 40
+    pooling: PoolingConfig = PoolingConfig(varying=("e", "a", "b", "alpha", "beta"))
+
+    def pool(self) -> list[tuple[float, float]]:
+        return [(float(n), float(n * r)) for n in np.geomspace(self.n_min, self.n_max, self.n_sizes)
+                for r in self.tokens_per_param]
+
+    @property
+    def base_point(self) -> tuple[float, float]:
+        return (self.n_min, self.n_min * self.base_ratio)
+
+    @property
+    def target_flops(self) -> float:
+        return self.target_multiple * max(6.0 * n * d for n, d in self.pool())
+
+    @property
+    def grid_flops(self) -> float:
+        return self.n_candidates * sum(6.0 * n * d for n, d in self.pool())
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+    """One simulated campaign: true laws and the noise every design draws from.
+
+    Attributes:
+      names: candidate ids.
+      theta: true natural Chinchilla parameters [K, p].
+      true_optimum: true log L*(C*) per candidate [K].
+      noise: standard-normal draws [K, number of pool points + 1, repeats allowed per point].
+    """
+
+    names: tuple[str, ...]
+    theta: np.ndarray
+    true_optimum: np.ndarray
+    noise: np.ndarray
+
+
+def _true_optimum(theta: np.ndarray, target: float) -> np.ndarray:
+    return allocate.optimal_log_loss(Chinchilla(), theta, target)
+
+
+def simulate_campaign(cfg: BenchConfig, rng: np.random.Generator) -> Campaign:
+    """Draw laws around Hoffmann et al.'s until they cross and the winner at C* is clear."""
+    law, base = Chinchilla(), cfg.base_point
+    x_base = Features.from_arrays([base[0]], [base[1]])
+    while True:
+        theta = HOFFMANN_2022 + rng.standard_normal((cfg.n_candidates, 5)) * np.array(cfg.spread)
+        opt = _true_optimum(theta, cfg.target_flops)
+        at_base = law.log_loss(theta, x_base)[:, 0]
+        best, second = np.sort(opt)[:2]
+        if np.argmin(at_base) != np.argmin(opt) and second - best >= math.log1p(cfg.min_margin):
+            break
+    names = tuple(f"cand{k}" for k in range(cfg.n_candidates))
+    noise = rng.standard_normal((cfg.n_candidates, len(cfg.pool()) + 1, 16))
+    return Campaign(names, theta, opt, noise)
+
+
+@dataclasses.dataclass
+class Runs:
+    """The runs a design has made so far, with per-point repeat counters for the shared noise."""
+
+    campaign: Campaign
+    cfg: BenchConfig
+    by_candidate: dict[str, list[Observation]]
+    counts: dict[tuple[int, int], int]
+    flops: float = 0.0
+
+    @classmethod
+    def start(cls, campaign: Campaign, cfg: BenchConfig) -> Runs:
+        runs = cls(campaign, cfg, {c: [] for c in campaign.names}, {})
+        for c in campaign.names:
+            runs.add(c, *cfg.base_point)
+        return runs
+
+    def add(self, candidate: str, n: float, d: float) -> None:
+        k = self.campaign.names.index(candidate)
+        pool = self.cfg.pool()
+        m = pool.index((n, d)) if (n, d) in pool else len(pool)  # the base run has its own slot
+        j = self.counts.get((k, m), 0)
+        self.counts[(k, m)] = j + 1
+        x = Features.from_arrays([n], [d])
+        log_loss = Chinchilla().log_loss(self.campaign.theta[k], x)[0]
+        noise = self.campaign.noise[k, m, j % self.campaign.noise.shape[2]]
+        self.by_candidate[candidate].append(Observation(n, d, math.exp(log_loss + self.cfg.noise * noise)))
+        self.flops += 6.0 * n * d
+
+
+def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
+    """mare, the true best's relative error, and whether the predicted best is the true best."""
+    fit = fit or fit_pooled(runs.by_candidate, runs.cfg.pooling)
+    pred = fit.predict_at_target(runs.cfg.target_flops)
+    camp = runs.campaign
+    hat = np.array([math.log(pred[c].loss) for c in camp.names])
+    rel = np.abs(np.exp(hat - camp.true_optimum) - 1.0)
+    best = int(np.argmin(camp.true_optimum))
+    return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(np.argmin(hat) == best)}
+
+
+def _fixed_design(campaign: Campaign, cfg: BenchConfig, design: str, budget: float,
+                  rng: np.random.Generator) -> Runs:
+    runs = Runs.start(campaign, cfg)
+    remaining = budget * cfg.grid_flops - runs.flops
+    if design == "grid":
+        plan = grid_design(campaign.names, cfg.pool(), remaining)
+    else:
+        plan = random_design(campaign.names, cfg.pool(), remaining, rng)
+    for c, n, d in plan:
+        runs.add(c, n, d)
+    return runs
+
+
+def _active_learning(campaign: Campaign, cfg: BenchConfig, rng: np.random.Generator) -> dict[float, dict]:
+    """Refit, score at the scoring budgets, and choose the next batch, until the largest budget."""
+    runs, out = Runs.start(campaign, cfg), {}
+    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    for step in sorted(set(cfg.al_steps) | set(cfg.budgets)):
+        remaining = step * cfg.grid_flops - runs.flops
+        if remaining > 0:
+            for c, n, d in choose_next_runs(fit, cfg.pool(), cfg.target_flops, remaining, rng):
+                runs.add(c, n, d)
+            fit = fit_pooled(runs.by_candidate, cfg.pooling)
+        if step in cfg.budgets:
+            out[step] = score(runs, fit) | {"flops_fraction": runs.flops / cfg.grid_flops}
+    return out
+
+
+def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence) -> dict:
+    """One campaign: every design at every budget, plus the small-scale ranking."""
+    sim_seed, random_seed, al_seed = seed.spawn(3)
+    campaign = simulate_campaign(cfg, np.random.default_rng(sim_seed))
+    base = Runs.start(campaign, cfg)
+    small = np.argmin([base.by_candidate[c][0].loss for c in campaign.names])
+    result = {"small_scale_pick": float(small == np.argmin(campaign.true_optimum)),
+              "al": _active_learning(campaign, cfg, np.random.default_rng(al_seed))}
+    random_rng = np.random.default_rng(random_seed)
+    for design in ("grid", "random"):
+        result[design] = {b: score(_fixed_design(campaign, cfg, design, b, random_rng)) for b in cfg.budgets}
+    return result
+
+
+def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
+    """Per design and budget means, and the headline keys."""
+    designs = {}
+    for design in ("grid", "random", "al"):
+        designs[design] = {
+            str(b): {key: float(np.mean([r[design][b][key] for r in results])) for key in ("mare", "best_error", "pick")}
+            for b in cfg.budgets}
+        for b in cfg.budgets:
+            designs[design][str(b)]["pick_rate"] = designs[design][str(b)].pop("pick")
+    grid_error = designs["grid"][str(max(cfg.budgets))]["mare"]
+    matched = [b for b in cfg.budgets if designs["al"][str(b)]["mare"] <= grid_error]
+    stop = min(matched) if matched else max(cfg.budgets)
+    return {
+        "designs": designs,
+        "al_flops_fraction_to_match_grid": min(matched) if matched else None,
+        "al_stop_budget": stop,
+        "al_pick_rate": designs["al"][str(stop)]["pick_rate"],
+        "small_scale_pick_rate": float(np.mean([r["small_scale_pick"] for r in results])),
+        "grid_full_mare": grid_error,
+        "repeats": len(results),
+        "target_flops": cfg.target_flops,
+        "grid_flops": cfg.grid_flops,
+    }
+
+
+def _print_table(summary: dict, cfg: BenchConfig) -> None:
+    print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick")))
+    for b in cfg.budgets:
+        cells = [summary["designs"][d][str(b)] for d in ("grid", "random", "al")]
+        print(f"{b:6.3f}  " + "  ".join(f"{c['mare']:12.4f} / {c['pick_rate']:.2f}" for c in cells))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m active_learning.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats and budgets: a smoke run")
+    parser.add_argument("--repeats", type=int, default=None, help="simulated campaigns (default 40, quick 6)")
+    parser.add_argument("--workers", type=int, default=2, help="processes")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    cfg = BenchConfig()
+    if args.quick:
+        cfg = dataclasses.replace(cfg, repeats=6, budgets=(0.1, 0.3, 1.0),
+                                  al_steps=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
+    if args.repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=args.repeats)
+    seeds = np.random.SeedSequence(args.seed).spawn(cfg.repeats)
+    start = time.time()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
+        results = []
+        for i, res in enumerate(pool.map(run_repeat, [cfg] * cfg.repeats, seeds)):
+            results.append(res)
+            print(f"repeat {i + 1}/{cfg.repeats} done ({time.time() - start:.0f}s)", file=sys.stderr, flush=True)
+    summary = summarise(cfg, results)
+    _print_table(summary, cfg)
+    summary["seconds"] = round(time.time() - start, 1)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""Choose the next (candidate, N, D) runs: the ones that most reduce decision uncertainty per FLOP.
+
+The belief is the Laplace posterior of every candidate's law, linearised: the
+quantity that ranks candidate k is g_k = log L*_k(C*), its loss at the target
+compute with its own compute-optimal allocation, and a proposed run of candidate
+k' at (N, D) observes y = f(theta_k', N, D) + noise. Under the linear-Gaussian
+approximation, observing y moves the posterior mean of g by s * Z with Z ~ N(0, 1)
+and s = Cov(g, y) / sd(y), whatever the outcome turns out to be.
+
+The uncertainty of the decision "which candidate is best at C*" is measured by
+its Bayes risk, the expected regret E[min_k g_k] - min_k E[g_k] is reduced, in
+expectation, by the knowledge gradient E[max_k(-g_k - s_k Z)] - max_k(-g_k)
+(Frazier, Powell & Dayanik 2009). Runs are picked greedily by knowledge
+gradient per FLOP; after each pick the covariance is updated as if the run had
+been observed (the update does not depend on y), so a batch spreads out.
+
+Also here: the single-law version (largest reduction of Var(g) per FLOP), and
+the baselines, a full grid, random points and an IsoFLOP design.
+
+References:
+  Frazier, Powell & Dayanik 2009, "The knowledge-gradient policy for correlated normal beliefs".
+  Hoffmann et al. 2022, sec. 3.2 (IsoFLOP profiles, Approach 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import special
+
+from active_learning import allocate
+from active_learning.fit import Fit
+from active_learning.pooled import PooledFit, PoolingConfig, RunsByCandidate, fit_pooled
+from active_learning.scaling_law import Features, Reparam, ScalingLaw, get_law
+from active_learning.threads import one_blas_thread
+
+ExperimentPoint = tuple[str, float, float]  # (candidate id, N, D)
+PoolPoint = tuple[float, float]  # (N, D)
+KG_FLOOR = 1e-12  # below this the decision is settled and design falls back to variance reduction
+
+
+@dataclasses.dataclass(frozen=True)
+class Belief:
+    """A Gaussian belief about every candidate's parameters, in the fit's internal coordinates.
+
+    Attributes:
+      law: the scaling law.
+      candidates: candidate ids.
+      theta: natural parameters per candidate [K, p].
+      reparam: internal <-> natural coordinates.
+      cov: covariance of the stacked internal parameters [K*p, K*p], candidate-major.
+      noise_var: variance of one run's log loss around the law.
+      flops_models: FLOPs per token per candidate.
+      unique_tokens: unique-data budget (data-constrained law), or None.
+    """
+
+    law: ScalingLaw
+    candidates: tuple[str, ...]
+    theta: np.ndarray
+    reparam: Reparam
+    cov: np.ndarray
+    noise_var: float
+    flops_models: tuple[allocate.FlopsModel, ...]
+    unique_tokens: float | None = None
+
+    @classmethod
+    def from_pooled(cls, fit: PooledFit) -> Belief:
+        return cls(fit.law, fit.candidates, fit.theta, fit.reparam, fit.stacked_cov(), fit.noise_var,
+                   fit.flops_models, fit.unique_tokens)
+
+    @classmethod
+    def from_fit(cls, fit: Fit, candidate: str = "candidate",
+                 flops_model: allocate.FlopsModel = allocate.FlopsModel()) -> Belief:
+        p = fit.theta.size
+        return cls(fit.law, (candidate,), fit.theta[None], Reparam(np.eye(p), np.zeros(p)), fit.cov, fit.noise_var,
+                   (flops_model,), fit.unique_tokens)
+
+    @property
+    def n_params(self) -> int:
+        return self.theta.shape[1]
+
+    def target(self, target_flops: float, inference_tokens: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """g_k = log L*_k(C*) [K] and its gradient in internal coordinates [K, p]."""
+        log_u = None if self.unique_tokens is None else math.log(self.unique_tokens)
+        g, grads = np.empty(len(self.candidates)), np.empty_like(self.theta)
+        for k, model in enumerate(self.flops_models):
+            log_n, log_d = allocate.log_optimal_allocation(self.law, self.theta[k], target_flops, flops_model=model,
+                                                           inference_tokens=inference_tokens,
+                                                           unique_tokens=self.unique_tokens)
+            x = Features.from_arrays([math.exp(float(log_n))], [math.exp(float(log_d))],
+                                     None if log_u is None else [self.unique_tokens])
+            f, jac = self.law.log_loss_jac(self.theta[k], x)
+            g[k], grads[k] = f[0], self.reparam.jacobian(jac)[0]
+        return g, grads
+
+    def observations(self, pool: Sequence[PoolPoint]) -> tuple[np.ndarray, np.ndarray]:
+        """Jacobians of log L at every pool point for every candidate [K, M, p], and FLOPs [K, M]."""
+        n, d = np.array(pool, dtype=float).T
+        x = Features.from_arrays(n, d, None if self.unique_tokens is None else np.full_like(d, self.unique_tokens))
+        jac = np.stack([self.reparam.jacobian(self.law.log_loss_jac(t, x)[1]) for t in self.theta])
+        cost = np.stack([m.per_token(n) * d for m in self.flops_models])
+        return jac, cost
+
+
+def knowledge_gradient(a: np.ndarray, b: np.ndarray, max_lines: int = 12) -> np.ndarray:
+    """E[max_l(a_l + b_l Z)] - max_l a_l for Z ~ N(0, 1), for many proposals at once.
+
+    Exact for the lines kept: the integral of the upper envelope of the lines
+    a_l + b_l z against the normal density, summed over the intervals between all
+    pairwise crossings (Frazier, Powell & Dayanik 2009, who walk the envelope
+    instead). Only the max_lines lines that can rise highest within |z| < 8 are kept;
+    the rest cannot reach the envelope where the normal density has any mass.
+
+    Args:
+      a: current values, higher is better [P, L] (or [L]).
+      b: change per unit Z [P, L] (or [L]).
+
+    Returns:
+      The knowledge gradient per proposal [P] (a scalar for 1-D input).
+    """
+    a, b = np.atleast_2d(a).astype(float), np.atleast_2d(b).astype(float)
+    scalar = a.shape[0] == 1 and b.shape[0] == 1
+    a, b = np.broadcast_arrays(a, b)
+    a = a - a.max(axis=1, keepdims=True)
+    if a.shape[1] > max_lines:
+        keep = np.argpartition(-(a + 8.0 * np.abs(b)), max_lines - 1, axis=1)[:, :max_lines]
+        a, b = np.take_along_axis(a, keep, 1), np.take_along_axis(b, keep, 1)
+    p, n = a.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = (a[:, :, None] - a[:, None, :]) / (b[:, None, :] - b[:, :, None])
+    cross = np.sort(np.where(np.isfinite(cross), cross, np.inf).reshape(p, n * n), axis=1)
+    edges = np.concatenate([np.full((p, 1), -np.inf), cross, np.full((p, 1), np.inf)], axis=1)
+    lo, hi = edges[:, :-1], edges[:, 1:]
+    mid = np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo + hi),
+                   np.where(np.isfinite(lo), lo + 1.0, hi - 1.0))
+    mid = np.nan_to_num(mid, posinf=1e300, neginf=-1e300)
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = np.argmax(a[:, None, :] + b[:, None, :] * np.clip(mid, -1e6, 1e6)[:, :, None], axis=2)
+    a_top, b_top = np.take_along_axis(a, top, 1), np.take_along_axis(b, top, 1)
+    pdf = lambda z: np.exp(-0.5 * np.minimum(z * z, 1e4)) / math.sqrt(2.0 * math.pi)  # noqa: E731
+    value = a_top * (special.ndtr(hi) - special.ndtr(lo)) + b_top * (pdf(lo) - pdf(hi))
+    gain = np.maximum(value.sum(axis=1), 0.0)
+    return gain[0] if scalar else gain
+
+
+def _gains(g: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Knowledge gradient of each proposal: s [P, K] moves g by s Z; lower g is better."""
+    return knowledge_gradient(np.broadcast_to(-g, s.shape), s)
+
+
+@dataclasses.dataclass
+class _Design:
+    """Greedy batch design state: the belief's covariance updated as runs are planned."""
+
+    belief: Belief
+    grads: np.ndarray  # [K, p]
+    jac: np.ndarray  # [K, M, p]
+    cost: np.ndarray  # [K, M]
+    cov: np.ndarray  # [K*p, K*p]
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Cov(g_l, y_km) [K, M, K] and Var(y_km) [K, M] under the current covariance."""
+        k, p = self.grads.shape
+        c = self.cov.reshape(k, p, k, p)
+        g_c = np.einsum("la,lakb->lkb", self.grads, c)  # Cov(g_l, theta_k) [K, K, p]
+        cross = np.einsum("lkb,kmb->kml", g_c, self.jac)
+        own = np.einsum("kma,kakb,kmb->km", self.jac, c, self.jac)
+        return cross, own + self.belief.noise_var
+
+    def observe(self, k: int, m: int) -> None:
+        """Condition the covariance on a planned run (the update does not depend on its outcome)."""
+        kk, p = self.grads.shape
+        h = np.zeros(kk * p)
+        h[k * p:(k + 1) * p] = self.jac[k, m]
+        ch = self.cov @ h
+        self.cov = self.cov - np.outer(ch, ch) / (h @ ch + self.belief.noise_var)
+
+
+def _as_belief(fit_or_runs, config: PoolingConfig) -> Belief:
+    if isinstance(fit_or_runs, Belief):
+        return fit_or_runs
+    if isinstance(fit_or_runs, PooledFit):
+        return Belief.from_pooled(fit_or_runs)
+    if isinstance(fit_or_runs, Fit):
+        return Belief.from_fit(fit_or_runs)
+    if isinstance(fit_or_runs, Mapping):
+        return Belief.from_pooled(fit_pooled(fit_or_runs, config))
+    raise TypeError(f"expected a PooledFit, Fit, Belief or runs by candidate, got {type(fit_or_runs).__name__}")
+
+
+def _validate(pool: Sequence[PoolPoint], target_flops: float, flop_budget: float) -> None:
+    if len(pool) == 0:
+        raise ValueError("the pool of feasible (N, D) points is empty")
+    if not (target_flops > 0 and flop_budget > 0):
+        raise ValueError(f"target_flops and flop_budget must be > 0, got {target_flops}, {flop_budget}")
+    bad = [pt for pt in pool if not (len(pt) == 2 and pt[0] > 0 and pt[1] > 0)]
+    if bad:
+        raise ValueError(f"pool points must be (N, D) with N, D > 0; bad: {bad[:3]}")
+
+
+@one_blas_thread
+def choose_next_runs(
+    fit_or_runs: PooledFit | Fit | Belief | RunsByCandidate,
+    pool: Sequence[PoolPoint],
+    target_flops: float,
+    flop_budget: float,
+    rng: np.random.Generator,
+    *,
+    config: PoolingConfig = PoolingConfig(),
+    inference_tokens: float = 0.0,
+    candidates: Sequence[str] | None = None,
+    allow_repeats: bool = False,
+) -> list[ExperimentPoint]:
+    """The next runs, for whichever candidates, that most reduce the decision's uncertainty per FLOP.
+
+    Args:
+      fit_or_runs: a PooledFit (or Fit / Belief), or runs by candidate to fit with `config`.
+      pool: feasible (N, D) points, between the smallest and largest affordable proxies.
+      target_flops: the compute C* the winner will be trained at.
+      flop_budget: FLOPs the batch may spend in total.
+      rng: breaks ties between equally valuable runs.
+      config: pooling settings, used only when runs are given.
+      inference_tokens: inference tokens for inference-aware allocation at C* (0: none).
+      candidates: restrict proposals to these candidates (default: all).
+      allow_repeats: whether a batch may hold the same (candidate, N, D) twice. Off by default:
+        per FLOP, the linear-Gaussian model would otherwise repeat the cheapest run many times,
+        trusting the law's form at the smallest scale more than a campaign should.
+
+    Returns:
+      (candidate, N, D) triples in the order chosen; their FLOPs sum to at most flop_budget.
+    """
+    _validate(pool, target_flops, flop_budget)
+    belief = _as_belief(fit_or_runs, config)
+    g, grads = belief.target(target_flops, inference_tokens)
+    jac, cost = belief.observations(pool)
+    allowed = np.ones(len(belief.candidates), dtype=bool)
+    if candidates is not None:
+        allowed = np.isin(np.array(belief.candidates), list(candidates))
+    design = _Design(belief, grads, jac, cost, belief.cov.copy())
+    jitter = 1.0 + 1e-9 * rng.random(cost.shape)
+    available = np.repeat(allowed[:, None], len(pool), axis=1)
+    chosen, spent = [], 0.0
+    while True:
+        affordable = (cost <= flop_budget - spent) & available
+        if not affordable.any():
+            return chosen
+        cross, var = design.moments()
+        value = _gains(g, (cross / np.sqrt(var)[..., None]).reshape(-1, len(g))).reshape(cost.shape)
+        if value[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction instead
+            value = cross[:, :, int(np.argmin(g))] ** 2 / var
+        score = np.where(affordable, value / cost * jitter, -np.inf)
+        k, m = np.unravel_index(int(np.argmax(score)), score.shape)
+        design.observe(k, m)
+        spent += float(cost[k, m])
+        available[k, m] = allow_repeats
+        chosen.append((belief.candidates[k], float(pool[m][0]), float(pool[m][1])))
+
+
+@one_blas_thread
+def choose_for_single_law(fit: Fit, pool: Sequence[PoolPoint], target_flops: float, flop_budget: float,
+                          rng: np.random.Generator, *,
+                          flops_model: allocate.FlopsModel = allocate.FlopsModel()) -> list[PoolPoint]:
+    """Runs that most reduce the variance of one law's predicted log L* at C*, per FLOP (greedy).
+
+    The reduction from observing y is Cov(g, y)^2 / Var(y), with the covariance
+    updated after each pick.
+    """
+    _validate(pool, target_flops, flop_budget)
+    belief = Belief.from_fit(fit, flops_model=flops_model)
+    _, grads = belief.target(target_flops)
+    jac, cost = belief.observations(pool)
+    design = _Design(belief, grads, jac, cost, belief.cov.copy())
+    jitter = 1.0 + 1e-9 * rng.random(cost.shape)
+    chosen, spent = [], 0.0
+    while (affordable := cost <= flop_budget - spent).any():
+        cross, var = design.moments()
+        score = np.where(affordable, cross[:, :, 0] ** 2 / var / cost * jitter, -np.inf)
+        k, m = np.unravel_index(int(np.argmax(score)), score.shape)
+        design.observe(k, m)
+        spent += float(cost[k, m])
+        chosen.append((float(pool[m][0]), float(pool[m][1])))
+    return chosen
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def _van_der_corput_order(n: int) -> list[int]:
+    """A coarse-to-fine order of n indices (bit-reversal), so any prefix is spread out."""
+    bits = max(1, math.ceil(math.log2(max(n, 2))))
+    keys = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(2**bits)]
+    return [i for _, i in sorted(zip(keys, range(2**bits))) if i < n]
+
+
+def _flops(model: allocate.FlopsModel, point: PoolPoint) -> float:
+    return float(model.per_token(point[0]) * point[1])
+
+
+def grid_design(candidates: Sequence[str], pool: Sequence[PoolPoint], flop_budget: float | None = None, *,
+                flops_models: Mapping[str, allocate.FlopsModel] | None = None) -> list[ExperimentPoint]:
+    """Every pool point for every candidate; under a budget, a coarse-to-fine prefix, round-robin.
+
+    The prefix visits pool points in bit-reversed order, the same order for every
+    candidate, and stops when the next run would exceed the budget.
+    """
+    models = flops_models or {}
+    order = _van_der_corput_order(len(pool))
+    out, spent = [], 0.0
+    for m in order:
+        for c in candidates:
+            cost = _flops(models.get(c, allocate.FlopsModel()), pool[m])
+            if flop_budget is not None and spent + cost > flop_budget:
+                return out
+            out.append((c, float(pool[m][0]), float(pool[m][1])))
+            spent += cost
+    return out
+
+
+def random_design(candidates: Sequence[str], pool: Sequence[PoolPoint], flop_budget: float,
+                  rng: np.random.Generator, *,
+                  flops_models: Mapping[str, allocate.FlopsModel] | None = None) -> list[ExperimentPoint]:
+    """Uniformly random (candidate, pool point) pairs without replacement until the budget is spent."""
+    models = flops_models or {}
+    pairs = [(c, m) for c in candidates for m in range(len(pool))]
+    out, spent = [], 0.0
+    for i in rng.permutation(len(pairs)):
+        c, m = pairs[i]
+        cost = _flops(models.get(c, allocate.FlopsModel()), pool[m])
+        if spent + cost <= flop_budget:
+            out.append((c, float(pool[m][0]), float(pool[m][1])))
+            spent += cost
+    return out
+
+
+def isoflop_design(budgets: Sequence[float], n_min: float, n_max: float, points_per_budget: int = 7, *,
+                   flops_per_param_token: float = 6.0) -> list[PoolPoint]:
+    """Chinchilla's Approach-2 design: for each budget C, N log-spaced in [n_min, n_max] and D = C / (6N).
+
+    Points whose D would fall below N (fewer than one token per parameter) are dropped.
+    """
+    if not (0 < n_min < n_max) or points_per_budget < 3:
+        raise ValueError("isoflop_design needs 0 < n_min < n_max and at least 3 points per budget")
+    out = []
+    for c in budgets:
+        for n in np.geomspace(n_min, n_max, points_per_budget):
+            d = c / (flops_per_param_token * n)
+            if d >= n:
+                out.append((float(n), float(d)))
+    return out

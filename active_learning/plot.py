@@ -1,0 +1,77 @@
+"""Plots of a fitted law: the runs, the fitted surface along IsoFLOP lines, and the extrapolation band.
+
+matplotlib is imported inside the function and drawn through the Agg canvas
+(no pyplot, no global backend switch), so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from active_learning.fit import Fit
+from active_learning.isoflop import group_by_budget
+from active_learning.scaling_law import Observation
+
+
+def plot_fit(fit: Fit, runs: Sequence[Observation], path: str, *, target_flops: float | None = None) -> None:
+    """Write a two-panel figure to `path` (format from the extension).
+
+    Left: loss against N for each IsoFLOP group of runs, with the fitted law along
+    that FLOP line. Right: the compute-optimal loss against C with its interval,
+    from the smallest run out to the target (or 100x the largest run).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    _isoflop_panel(left, fit, runs)
+    _frontier_panel(right, fit, runs, target_flops)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _isoflop_panel(ax, fit: Fit, runs: Sequence[Observation]) -> None:
+    groups = group_by_budget(runs, rel_tol=0.1)
+    colours = [f"C{i % 10}" for i in range(len(groups))]
+    for colour, group in zip(colours, groups):
+        n = np.array([r.n for r in group])
+        ax.scatter(n, [r.loss for r in group], color=colour, s=18)
+        flops = float(np.exp(np.mean(np.log([r.flops for r in group]))))
+        if len(group) > 1:
+            grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 60)
+            pred = fit.predict(grid, flops / (6.0 * grid))
+            ax.plot(grid, [p.value for p in pred], color=colour, lw=1, label=f"C = {flops:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("loss")
+    ax.set_title("runs and fitted law along IsoFLOP lines")
+    if groups:
+        ax.legend(fontsize=7)
+
+
+def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: float | None) -> None:
+    flops = np.array([r.flops for r in runs])
+    top = target_flops or 100.0 * flops.max()
+    grid = np.geomspace(flops.min(), max(top, flops.max()), 40)
+    allocations = [fit.compute_optimal(float(c)) for c in grid]
+    ax.scatter(flops, [r.loss for r in runs], s=12, color="0.5", label="runs")
+    ax.plot(grid, [a.loss.value for a in allocations], color="C0", label="compute-optimal L*(C)")
+    ax.fill_between(grid, [a.loss.lo for a in allocations], [a.loss.hi for a in allocations], color="C0",
+                    alpha=0.25, label=f"{round(100 * fit.level)}% interval")
+    if target_flops:
+        target = fit.compute_optimal(target_flops)
+        ax.errorbar([target_flops], [target.loss.value], fmt="o", color="C3",
+                    yerr=[[target.loss.value - target.loss.lo], [target.loss.hi - target.loss.value]],
+                    label=f"target C = {target_flops:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs C")
+    ax.set_ylabel("loss")
+    ax.set_title("extrapolation")
+    ax.legend(fontsize=7)
+    if math.isfinite(float(np.min(flops))):
+        ax.axvspan(float(flops.min()), float(flops.max()), color="0.9", zorder=0)

@@ -1,0 +1,186 @@
+"""``scalesearch fit RUNS.csv``: fit a scaling law to runs and extrapolate to a target compute.
+
+The CSV has a header row with columns N, D (or C, training FLOPs, from which
+D = C / 6N) and loss; the data-constrained law also needs ``unique`` (unique
+tokens). Column names are case-insensitive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+
+LAWS = ("chinchilla", "kaplan", "data-constrained")
+LOSSES = ("huber", "student-t", "approach3")
+BOOTSTRAP_SEED = 0
+
+
+class InputError(ValueError):
+    """A problem with the user's input, reported with exit status 2."""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("fit", help="fit a scaling law to runs (CSV) and extrapolate with intervals",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", metavar="RUNS.csv", help="CSV with columns N, D (or C) and loss (and unique)")
+    p.add_argument("--law", choices=LAWS, default="chinchilla", help="law form (default chinchilla)")
+    p.add_argument("--loss", choices=LOSSES, default="huber",
+                   help="huber or student-t: maximum likelihood with a fitted scale; approach3: Chinchilla's "
+                        "summed Huber (default huber)")
+    p.add_argument("--target-flops", type=float, metavar="C", help="report the compute-optimal N, D and loss at C")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="K",
+                   help=f"also refit on K resamples of the runs (seed {BOOTSTRAP_SEED})")
+    p.add_argument("--plot", metavar="out.png", help="write a figure of the runs, fit and extrapolation")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run)
+
+
+def _number(row: dict, key: str, line: int) -> float:
+    raw = (row.get(key) or "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"line {line}: column {key!r} is {raw!r}, not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"line {line}: column {key!r} must be a positive number, got {raw!r}")
+    return value
+
+
+def read_runs(path: str, law: str) -> list:
+    """Observations from the CSV at `path`; raises InputError with what to fix."""
+    from active_learning.scaling_law import Observation
+
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+            rows = list(reader)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    need = ["n", "loss"] + (["unique"] if law == "data-constrained" else [])
+    missing = [c for c in need if c not in header]
+    if "d" not in header and "c" not in header:
+        missing.append("D (or C)")
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found {sorted(header) or 'no header'}. "
+                         "The first row must name the columns N, D (or C), loss"
+                         + (", unique" if law == "data-constrained" else ""))
+    runs = []
+    for line, row in enumerate(rows, start=2):
+        row = {k.strip().lower(): v for k, v in row.items() if k is not None}
+        n, loss = _number(row, "n", line), _number(row, "loss", line)
+        d = _number(row, "d", line) if "d" in header else _number(row, "c", line) / (6.0 * n)
+        unique = _number(row, "unique", line) if law == "data-constrained" else None
+        runs.append(Observation(n, d, loss, unique=unique))
+    return runs
+
+
+def _fit(args: argparse.Namespace, runs: list):
+    import numpy as np
+
+    from active_learning.fit import FitConfig, fit_law
+    from active_learning.scaling_law import get_law
+
+    p = len(get_law(args.law).param_names)
+    if len(runs) < p + 1:
+        raise InputError(f"the {args.law} law has {p} parameters, so it needs at least {p + 1} runs; "
+                         f"{args.runs} has {len(runs)}. Add runs or choose a law with fewer parameters")
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.target_flops is not None and not args.target_flops > 0:
+        raise InputError(f"--target-flops must be > 0, got {args.target_flops}")
+    config = FitConfig(law=args.law, loss=args.loss)
+    return fit_law(runs, config, bootstrap=args.bootstrap, rng=np.random.default_rng(BOOTSTRAP_SEED))
+
+
+def _estimate(e) -> dict:
+    return {"value": e.value, "sd": e.sd, "lo": e.lo, "hi": e.hi}
+
+
+def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
+    """Everything the command reports, as plain JSON-able values."""
+    boot = fit.bootstrap_params()
+    params = {}
+    for name, est in fit.params().items():
+        params[name] = _estimate(est)
+        if name in boot:
+            params[name]["bootstrap_lo"], params[name]["bootstrap_hi"] = boot[name]
+    out = {"law": args.law, "loss": args.loss, "n_runs": len(runs), "level": fit.level, "params": params,
+           "noise_sd": math.sqrt(fit.noise_var), "bootstrap": args.bootstrap}
+    if args.target_flops:
+        a = fit.compute_optimal(args.target_flops)
+        out["target"] = {"flops": args.target_flops, "n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
+                         "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss)}
+        if fit.bootstrap is not None:
+            losses = [_bootstrap_loss(fit, theta, args.target_flops) for theta in fit.bootstrap]
+            tail = 50.0 * (1.0 - fit.level)
+            import numpy as np
+
+            out["target"]["loss"]["bootstrap_lo"] = float(np.nanpercentile(losses, tail))
+            out["target"]["loss"]["bootstrap_hi"] = float(np.nanpercentile(losses, 100.0 - tail))
+    return out
+
+
+def _bootstrap_loss(fit, theta, flops: float) -> float:
+    from active_learning import allocate
+
+    return float(math.exp(allocate.optimal_log_loss(fit.law, theta, flops, unique_tokens=fit.unique_tokens)))
+
+
+def _print_text(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    level = round(100 * result["level"])
+    table = Table(title=f"{result['law']} law, {result['loss']} loss, {result['n_runs']} runs")
+    table.add_column("parameter")
+    table.add_column("estimate", justify="right")
+    table.add_column(f"{level}% interval (Laplace)", justify="right")
+    if result["bootstrap"]:
+        table.add_column(f"{level}% interval (bootstrap, K={result['bootstrap']})", justify="right")
+    for name, e in result["params"].items():
+        cells = [name, f"{e['value']:.5g}", f"[{e['lo']:.5g}, {e['hi']:.5g}]"]
+        if "bootstrap_lo" in e:
+            cells.append(f"[{e['bootstrap_lo']:.5g}, {e['bootstrap_hi']:.5g}]")
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"noise (sd of log loss): {result['noise_sd']:.3g}")
+    t = result.get("target")
+    if t:
+        loss = t["loss"]
+        console.print(f"at C = {t['flops']:.3g} FLOPs: N_opt = {t['n_opt']['value']:.3g} "
+                      f"[{t['n_opt']['lo']:.3g}, {t['n_opt']['hi']:.3g}], D_opt = {t['d_opt']['value']:.3g} "
+                      f"[{t['d_opt']['lo']:.3g}, {t['d_opt']['hi']:.3g}], "
+                      f"{t['tokens_per_parameter']:.1f} tokens/parameter")
+        extra = f", bootstrap [{loss['bootstrap_lo']:.4f}, {loss['bootstrap_hi']:.4f}]" if "bootstrap_lo" in loss else ""
+        console.print(f"predicted loss {loss['value']:.4f} ({level}% interval [{loss['lo']:.4f}, {loss['hi']:.4f}]"
+                      f"{extra})")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        runs = read_runs(args.runs, args.law)
+        fit = _fit(args, runs)
+        result = result_dict(args, fit, runs)
+        if args.plot:
+            from active_learning.plot import plot_fit
+
+            try:
+                plot_fit(fit, runs, args.plot, target_flops=args.target_flops)
+            except (OSError, ValueError) as e:
+                raise InputError(f"cannot write the plot to {args.plot}: {e}") from None
+            result["plot"] = args.plot
+    except InputError as e:
+        print(f"scalesearch fit: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_text(result)
+        if args.plot:
+            print(f"plot written to {args.plot}")
+    return 0

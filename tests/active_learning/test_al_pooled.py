@@ -1,0 +1,125 @@
+"""Pooling: few-run candidates borrow strength, many-run candidates speak for themselves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from active_learning import allocate
+from active_learning.fit import FitConfig, fit_law
+from active_learning.pooled import PoolingConfig, fit_pooled
+from active_learning.scaling_law import HOFFMANN_2022, Chinchilla
+
+TARGET = 1e22
+
+
+def _true_optimum(theta) -> float:
+    return math.exp(float(allocate.optimal_log_loss(Chinchilla(), theta, TARGET)))
+
+
+def _campaign(rng, counts, chinchilla_runs, level_sd=0.2):
+    """Candidates sharing E and exponents, with their own A and B (the default pooling model)."""
+    truths, runs = {}, {}
+    for k, count in enumerate(counts):
+        theta = HOFFMANN_2022 + np.array([0.0, *(level_sd * rng.standard_normal(2)), 0.0, 0.0])
+        n = 10 ** rng.uniform(7, 8.7, count)
+        d = n * 10 ** rng.uniform(0.5, 2.0, count)
+        truths[f"c{k}"] = theta
+        runs[f"c{k}"] = chinchilla_runs(theta, n, d, noise=0.01, rng=rng)
+    return truths, runs
+
+
+def test_a_one_run_candidate_borrows_the_campaigns_exponents(rng, chinchilla_runs):
+    truths, runs = _campaign(rng, [12, 12, 12, 12, 12, 1], chinchilla_runs)
+    pooled = fit_pooled(runs).predict_at_target(TARGET)
+    lonely = pooled["c5"]
+    # One run cannot fix a five-parameter law on its own; pooled, its prediction is as tight as the others'.
+    assert lonely.n_runs == 1
+    assert lonely.lo <= _true_optimum(truths["c5"]) <= lonely.hi
+    assert lonely.sd / lonely.loss < 0.05
+    assert lonely.sd < 2.0 * np.median([p.sd for c, p in pooled.items() if c != "c5"])
+
+
+def test_a_many_run_candidate_matches_its_own_separate_fit(rng, chinchilla_runs, isoflop_points):
+    truths, runs = _campaign(rng, [3, 3, 3, 3], chinchilla_runs)
+    n, d = isoflop_points()
+    truths["rich"] = HOFFMANN_2022
+    runs["rich"] = chinchilla_runs(HOFFMANN_2022, n, d, noise=0.01, rng=rng)
+    pooled = fit_pooled(runs).predict_at_target(TARGET)["rich"]
+    alone = fit_law(runs["rich"], FitConfig(loss="student-t")).compute_optimal(TARGET).loss
+    assert abs(math.log(pooled.loss / alone.value)) < 0.5 * alone.sd / alone.value
+    assert pooled.lo <= _true_optimum(HOFFMANN_2022) <= pooled.hi
+
+
+def test_probabilities_of_being_best_sum_to_one_and_favour_the_clear_winner(rng, chinchilla_runs, isoflop_points):
+    n, d = isoflop_points(per_budget=5)
+    better = HOFFMANN_2022 - np.array([0.0, 0.3, 0.3, 0.0, 0.0])  # lower A and B: lower loss everywhere
+    runs = {"base": chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng), "better": chinchilla_runs(better, n, d, 0.01, rng),
+            "few": chinchilla_runs(HOFFMANN_2022, n[:2], d[:2], 0.01, rng)}
+    fit = fit_pooled(runs)
+    for method in ("linear", "sample"):
+        p = fit.prob_best(TARGET, np.random.default_rng(1), method=method)
+        assert sum(p.values()) == pytest.approx(1.0)
+        assert p["better"] > 0.95
+
+
+def test_pooling_scales_to_a_hundred_candidates_with_one_to_three_runs(rng, chinchilla_runs):
+    truths, runs = _campaign(rng, rng.integers(1, 4, 100), chinchilla_runs)
+    fit = fit_pooled(runs)
+    pred = fit.predict_at_target(TARGET)
+    assert len(pred) == 100 and all(p.lo < p.loss < p.hi for p in pred.values())
+    errors = [abs(math.log(pred[c].loss / _true_optimum(t))) for c, t in truths.items()]
+    assert np.mean(errors) < 0.05
+    assert math.isclose(sum(fit.prob_best(TARGET, rng).values()), 1.0)
+
+
+def test_departures_can_include_e_and_the_exponents(rng, chinchilla_runs, isoflop_points):
+    n, d = isoflop_points(per_budget=5)
+    steeper = HOFFMANN_2022 + np.array([0.05, 0.0, 0.0, 0.03, 0.0])
+    runs = {"a": chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng), "b": chinchilla_runs(steeper, n, d, 0.01, rng)}
+    fit = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b", "alpha", "beta")))
+    assert fit.params("b")["alpha"] > fit.params("a")["alpha"]
+    assert set(fit.tau) == {"e", "a", "b", "alpha", "beta"}
+    pred = fit.predict_at_target(TARGET)
+    for c, theta in (("a", HOFFMANN_2022), ("b", steeper)):
+        assert pred[c].lo <= _true_optimum(theta) <= pred[c].hi
+
+
+def test_fully_shared_law_has_no_departures(rng, chinchilla_runs):
+    truths, runs = _campaign(rng, [4, 4, 4], chinchilla_runs, level_sd=0.0)
+    fit = fit_pooled(runs, PoolingConfig(varying=()))
+    np.testing.assert_allclose(fit.theta, np.repeat(fit.mean[None], 3, axis=0))
+
+
+def test_posterior_samples_have_the_laplace_covariance(rng, chinchilla_runs):
+    truths, runs = _campaign(rng, [6, 6, 2], chinchilla_runs)
+    fit = fit_pooled(runs)
+    draws = fit.reparam.to_internal(fit.sample(np.random.default_rng(2), 40000))  # [S, K, p]
+    empirical = np.cov(draws.reshape(len(draws), -1), rowvar=False)
+    np.testing.assert_allclose(empirical, fit.stacked_cov(), atol=0.05 * np.abs(fit.stacked_cov()).max())
+
+
+def test_flops_per_token_moves_each_candidates_allocation(rng, chinchilla_runs, isoflop_points):
+    from active_learning.scaling_law import Observation
+
+    n, d = isoflop_points(per_budget=5)
+    plain = chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng)
+    heavy = [Observation(r.n, r.d, r.loss, flops_per_token=6 * r.n + 3e8) for r in plain]
+    pred = fit_pooled({"plain": plain, "heavy": heavy}).predict_at_target(TARGET)
+    assert pred["heavy"].d_opt < pred["plain"].d_opt
+    assert (6 * pred["heavy"].n_opt + 3e8) * pred["heavy"].d_opt == pytest.approx(TARGET, rel=1e-6)
+
+
+@pytest.mark.parametrize("runs, match", [({}, "at least one candidate"), ({"x": []}, "without runs")])
+def test_bad_campaigns_are_rejected_with_a_reason(runs, match):
+    with pytest.raises(ValueError, match=match):
+        fit_pooled(runs)
+
+
+def test_config_rejects_unknown_varying_parameters():
+    with pytest.raises(ValueError, match="varying"):
+        PoolingConfig(varying=("gamma",))
+    with pytest.raises(ValueError, match="pooling supports"):
+        PoolingConfig(law="kaplan")
