@@ -59,7 +59,7 @@ def candidates(reference: str) -> dict[str, str]:
     reformatted = "\n\n".join(reference.split("\n\n")) + "\n# trailing comment\n"
     reformatted = reformatted.replace("def init_block(key, cfg):", "def init_block(key,   cfg):  # reformatted")
     return {
-        "good_lr_2e-3": _lr(reference, "2e-3"),
+        "lower_lr_2e-3": _lr(reference, "2e-3"),
         "good_lr_4e-3": _lr(reference, "4e-3"),
         "good_warmup_10pct": _sub(reference, r'"warmup_fraction":\s*[0-9.]+', '"warmup_fraction": 0.1'),
         "good_relu2_mlp": _sub(reference, r'"gelu"\)', '"relu2")'),
@@ -79,7 +79,7 @@ def summarize(
     outcomes: dict[str, CascadeOutcome], walls: dict[str, float], incumbent: CascadeOutcome, n_tokens: int
 ) -> dict:
     """The bench's numbers from the outcomes (pure; see the module docstring for definitions)."""
-    overheads, other, spent, full = [], [], 0.0, 0.0
+    overheads, other, spent, full, per_candidate = [], [], 0.0, 0.0, {}
     ref_base = incumbent.stage("base").metrics
     ref_full = float(ref_base.get("flops_per_token_analytic") or 0) * n_tokens
     for name, outcome in outcomes.items():
@@ -87,6 +87,7 @@ def summarize(
         if sandboxed:
             runner = sum(float(r.metrics.get("runner_s") or 0) for r in sandboxed)
             overheads.append(walls[name] - runner)
+            per_candidate[name] = round(walls[name] - runner, 4)
             base = outcome.stage("base")
             if base is not None and "compile_s" in base.metrics:
                 m = base.metrics
@@ -106,6 +107,7 @@ def summarize(
         "flops_spent": spent,
         "flops_train_everything": full,
         "statuses": {name: o.status.value for name, o in outcomes.items()},
+        "overhead_by_candidate_s": per_candidate,
     }
 
 

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from evaluator.protocol import Job
 from evaluator.result import EvalResult
-from evaluator.sandbox import Isolation, SandboxConfig, SandboxError, UidPool, probe_isolation
+from evaluator.sandbox import Isolation, SandboxConfig, SandboxError, probe_isolation, uid_pool
 from evaluator.supervisor import WorkerProcess
 
 DEFAULT_RUNNER = "proxy_models.run"
@@ -80,7 +80,7 @@ class LocalExecutor:
         per = max(1, min(cores_per_worker, len(cores)))
         self.max_workers = max_workers or max(1, len(cores) // per)
         self.slots = [tuple(cores[(i * per + j) % len(cores)] for j in range(per)) for i in range(self.max_workers)]
-        self.uids = UidPool(config.uid_base)
+        self.uids = uid_pool(config.uid_base)
         self.cache_dir = _cache_dir()
         if runner == DEFAULT_RUNNER:
             prepare_corpus(corpus)

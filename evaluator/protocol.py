@@ -3,7 +3,9 @@
 The parent writes one JSON line (a ``Job``) to the worker's stdin. The worker
 answers on a separate pipe (file descriptor 3), one JSON line per message:
 ``{"event": "ready"}`` once its imports are done, then ``{"event": "stage",
-...}`` for each stage it ran, then ``{"event": "done"}``. Anything the
+...}`` for each stage it ran, then ``{"event": "done"}``. After each stage
+message the worker waits for a line on stdin before starting the next stage,
+so the parent can attribute stdout and stderr to the stage that wrote them. Anything the
 candidate prints goes to stdout and stderr, which the parent only keeps the
 tails of, so a program's output can never be mistaken for a result.
 """

@@ -51,6 +51,7 @@ What it does NOT guarantee:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -60,6 +61,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 
@@ -221,7 +223,7 @@ def probe_isolation(config: SandboxConfig = SandboxConfig()) -> Isolation:
     """Find out once which isolation works here (runs bwrap with a trivial program)."""
     root = os.geteuid() == 0
     base = ["session", "rlimits", "env-scrub", "private-workdir"]
-    note = ""
+    note = "bubblewrap turned off (bubblewrap='never')" if config.bubblewrap == "never" else ""
     if config.bubblewrap != "never":
         bwrap = shutil.which("bwrap")
         if bwrap is None:
@@ -282,23 +284,50 @@ def sandbox_env(config: SandboxConfig, workdir: str, marker: str, cache_dir: str
 
 class UidPool:
     """Unprivileged uids for workers, one per live worker, so that limits and sweeps
-    never reach another worker's processes."""
+    never reach another worker's processes.
+
+    Within a process, use ``uid_pool()`` (one pool per base). Across processes
+    (two campaigns, or test runs, on one machine) a uid is claimed with an
+    exclusive ``flock`` on ``$TMPDIR/scalesearch-uids/<uid>``, held while the
+    worker lives, and a uid that still has processes is never handed out.
+    """
 
     def __init__(self, base: int | None = None, size: int = 256):
         self.base = base if base is not None else 200_000 + (os.getpid() % 4096) * size
         self.free = list(range(self.base, self.base + size))
         self.lock = threading.Lock()
+        self.held: dict[int, int] = {}
+        self.lock_dir = pathlib.Path(tempfile.gettempdir()) / "scalesearch-uids"
 
     def acquire(self) -> int:
+        self.lock_dir.mkdir(mode=0o700, exist_ok=True)
         with self.lock:
             for i, uid in enumerate(self.free):
-                if not procfs.pids_of_uid(uid):
-                    return self.free.pop(i)
-        raise SandboxError("no free sandbox uid (every uid in the pool still has processes)")
+                fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                if procfs.pids_of_uid(uid):
+                    os.close(fd)
+                    continue
+                self.held[uid] = fd
+                return self.free.pop(i)
+        raise SandboxError("no free sandbox uid (every uid in the pool is in use)")
 
     def release(self, uid: int) -> None:
         with self.lock:
+            fd = self.held.pop(uid, None)
+            if fd is not None:
+                os.close(fd)  # releases the flock
             self.free.append(uid)
+
+
+@functools.cache
+def uid_pool(base: int | None = None) -> UidPool:
+    """The process-wide pool for ``base`` (None: derived from this process id)."""
+    return UidPool(base)
 
 
 def sweep_uid(uid: int) -> None:

@@ -82,7 +82,7 @@ DENIED_ATTRIBUTES = OS_MODULES | frozenset(
         "experimental", "interpreters", "version", "profiler", "distributed", "dlpack", "ffi", "extend",
         "monitoring", "export", "config", "lib", "tools", "callback", "pure_callback", "io_callback",
         "debug_callback", "host_callback", "breakpoint", "infeed", "outfeed", "compiler_ir",
-        "runtime_executable", "write_bytecode",
+        "runtime_executable", "write_bytecode", "client", "unsafe_buffer_pointer",
     }
 )  # fmt: skip
 DENIED_PATHS = (

@@ -175,9 +175,17 @@ class WorkerProcess:
     def _send(self, job: Job) -> None:
         try:
             self.proc.stdin.write(job.to_json().encode() + b"\n")
-            self.proc.stdin.close()
+            self.proc.stdin.flush()
         except (OSError, ValueError):
             pass  # the worker died; _collect reports how
+
+    def _ack(self) -> None:
+        """Let the worker start its next stage: output up to here is attributed to the last one."""
+        try:
+            self.proc.stdin.write(b"next\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
 
     def _collect(self, job: Job) -> list[EvalResult]:
         results: list[EvalResult] = []
@@ -226,8 +234,8 @@ class WorkerProcess:
             metrics=metrics,
             stdout=msg.get("stdout", ""),
             stderr=msg.get("stderr", ""),
-            exception=msg.get("exception"),
-            traceback=msg.get("traceback"),
+            exception=_text_or_none(msg.get("exception")),
+            traceback=_text_or_none(msg.get("traceback")),
             wall_s=wall_s,
             isolation=str(self.isolation),
         )
@@ -332,6 +340,7 @@ class WorkerProcess:
             return
         if msg.get("event") == "stage":
             msg["stdout"], msg["stderr"] = self.out.take(), self.err.take()
+            self._ack()
         self.messages.put(msg)
 
     # ------------------------------------------------------------------ teardown
@@ -427,3 +436,7 @@ class WorkerProcess:
         if self.uid is not None and self.uids is not None:
             self.uids.release(self.uid)
             self.uid = None
+
+
+def _text_or_none(value) -> str | None:
+    return None if value is None else str(value)

@@ -58,12 +58,14 @@ def main(arg_json: str) -> None:
     job = Job.from_json(line.decode())
     _limit_cpu(job.total_timeout_s, limits.get("cpu_slack", 30.0))
     known = fingerprint_map(job.known_fingerprints)
-    for spec in job.stages:
+    for i, spec in enumerate(job.stages):
         message = run_stage(runner, job, spec, known, args.get("corpus"))
         _flush_std()
         _send(control, message)
         if message["status"] != Status.OK.value:
             break
+        if i + 1 < len(job.stages):
+            sys.stdin.buffer.readline()  # the parent has taken this stage's output: go on
     _send(control, {"event": "done"})
     _flush_std()
     os._exit(0)  # skip interpreter teardown: a candidate's threads or atexit hooks cannot delay it

@@ -6,13 +6,13 @@ import pathlib
 
 from evaluator import procfs
 from evaluator.protocol import Job, StageSpec
-from evaluator.sandbox import GiB, MiB, SandboxConfig, UidPool, probe_isolation
+from evaluator.sandbox import GiB, MiB, SandboxConfig, probe_isolation, uid_pool
 from evaluator.supervisor import WorkerProcess
 
 FAKE_RUNNER = str(pathlib.Path(__file__).with_name("fake_runner.py"))
 # Small limits so that hostile programs are stopped quickly and cheaply.
 TEST_CONFIG = SandboxConfig(memory_limit_bytes=1 * GiB, processes=64, max_output_bytes=8 * MiB, startup_cpu_s=60)
-UIDS = UidPool()
+UIDS = uid_pool()  # shared with every executor in this process
 
 FAKE_PROGRAM = '''
 def init_block(key, cfg):
@@ -61,3 +61,23 @@ def run_isolated(source: str, job_stages=None, config: SandboxConfig = TEST_CONF
     if procfs.alive(pid):
         survivors.add(pid)
     return Sandboxed(results, survivors)
+
+
+class Sandbox:
+    """One isolation level for the hostile tests: ``run`` a program, ``has`` a protection."""
+
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        self.isolation = probe_isolation(config)
+
+    def run(self, source: str, job_stages=None) -> Sandboxed:
+        return run_isolated(source, job_stages, self.config)
+
+    def has(self, feature: str) -> bool:
+        return self.isolation.has(feature)
+
+    def skip_unless(self, *features: str) -> None:
+        import pytest
+
+        if not any(self.has(f) for f in features):
+            pytest.skip(f"needs one of {features}; this level is {self.isolation} ({self.isolation.note or 'no note'})")

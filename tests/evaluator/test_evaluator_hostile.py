@@ -1,24 +1,32 @@
 """The hostile corpus: one test per attack, run in the sandbox with the static stage bypassed.
 
 Each test asserts the status, that the parent is unharmed (``parent_guard``),
-and that no process outlived the job. ``test_static_stage_refuses`` checks the
-first line of defence separately for the attacks that need a forbidden name.
+and that no process outlived the job. Every attack runs at the best isolation
+this machine offers and again with bubblewrap turned off (resource limits
+only), skipping, with the reason, what that level does not claim to stop.
+``test_static_stage_refuses`` checks the first line of defence separately.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import socket
 import uuid
 
 import pytest
 
-from sandbox_helpers import fake_program, run_isolated, stages
 from evaluator.result import Status
 from evaluator.sandbox import PROJECT_ROOT
 from evaluator.static import check
+from sandbox_helpers import TEST_CONFIG, Sandbox, fake_program, stages
 
 pytestmark = pytest.mark.usefixtures("parent_guard")
+
+
+@pytest.fixture(scope="module", params=["auto", "never"], ids=["best", "rlimits-only"])
+def sandbox(request):
+    return Sandbox(dataclasses.replace(TEST_CONFIG, bubblewrap=request.param))
 
 
 def outside_path() -> pathlib.Path:
@@ -26,77 +34,75 @@ def outside_path() -> pathlib.Path:
     return PROJECT_ROOT / f".pwned-{uuid.uuid4().hex}"
 
 
-def test_infinite_loop_times_out():
-    run = run_isolated(fake_program("while True:\n    pass"), stages(smoke_s=1.5))
+def test_infinite_loop_times_out(sandbox):
+    run = sandbox.run(fake_program("while True:\n    pass"), stages(smoke_s=1.5))
     assert run.first.status is Status.TIMEOUT
     assert "wall-clock" in run.first.message
     assert not run.survivors
 
 
-def test_sleep_forever_times_out():
-    run = run_isolated(fake_program("import time\ntime.sleep(10**6)"), stages(smoke_s=1.5))
+def test_sleep_forever_times_out(sandbox):
+    run = sandbox.run(fake_program("import time\ntime.sleep(10**6)"), stages(smoke_s=1.5))
     assert run.first.status is Status.TIMEOUT
     assert not run.survivors
 
 
-def test_ignoring_sigterm_does_not_help():
+def test_ignoring_sigterm_does_not_help(sandbox):
     attack = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
-    run = run_isolated(fake_program(attack), stages(smoke_s=1.5))
+    run = sandbox.run(fake_program(attack), stages(smoke_s=1.5))
     assert run.first.status is Status.TIMEOUT
     assert not run.survivors
 
 
-def test_memory_bomb_is_out_of_memory():
-    run = run_isolated(fake_program("hoard = []\nwhile True:\n    hoard.append(bytearray(10**8))"), stages(smoke_s=60))
+def test_memory_bomb_is_out_of_memory(sandbox):
+    run = sandbox.run(fake_program("hoard = []\nwhile True:\n    hoard.append(bytearray(10**8))"), stages(smoke_s=60))
     assert run.first.status is Status.OUT_OF_MEMORY
     assert not run.survivors
 
 
-def test_one_huge_allocation_is_out_of_memory():
-    run = run_isolated(fake_program("x = bytearray(10**12)"))
+def test_one_huge_allocation_is_out_of_memory(sandbox):
+    run = sandbox.run(fake_program("x = bytearray(10**12)"))
     assert run.first.status is Status.OUT_OF_MEMORY
     assert "MemoryError" in run.first.exception
     assert not run.survivors
 
 
-def test_fork_bomb_is_contained(isolation):
-    if not isolation.has("nproc"):
-        pytest.skip(f"RLIMIT_NPROC cannot contain a fork bomb at this isolation level ({isolation}; {isolation.note})")
+def test_fork_bomb_is_contained(sandbox):
+    # As root RLIMIT_NPROC only binds a dropped uid; the PID namespace alone bounds nothing.
+    sandbox.skip_unless("nproc")
     attack = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
-    run = run_isolated(fake_program(attack), stages(smoke_s=2.0))
+    run = sandbox.run(fake_program(attack), stages(smoke_s=2.0))
     assert run.first.status is Status.TIMEOUT
     assert not run.survivors
 
 
-def test_a_gigabyte_of_stdout_is_cut_off():
-    run = run_isolated(fake_program('for _ in range(1024):\n    print("x" * 2**20)'))
+def test_a_gigabyte_of_stdout_is_cut_off(sandbox):
+    run = sandbox.run(fake_program('for _ in range(1024):\n    print("x" * 2**20)'))
     assert run.first.status is Status.ERROR
     assert "printed more than" in run.first.message
     assert len(run.first.stdout.encode()) <= 20 * 1024
     assert not run.survivors
 
 
-def test_writing_outside_the_workdir_fails(isolation):
-    if not (isolation.has("read-only-fs") or isolation.has("uid-drop")):
-        pytest.skip(f"no filesystem isolation at this level ({isolation})")
+def test_writing_outside_the_workdir_fails(sandbox):
+    sandbox.skip_unless("read-only-fs", "uid-drop")
     target = outside_path()
     attack = f'open("scratch.txt", "w").write("the workdir is writable")\nprint(open("scratch.txt").read())\nopen({str(target)!r}, "w").write("pwned")'
-    run = run_isolated(fake_program(attack))
+    run = sandbox.run(fake_program(attack))
     assert run.first.status is Status.ERROR
     assert "the workdir is writable" in run.first.stdout
     assert not target.exists()
     assert not run.survivors
 
 
-def test_reading_files_under_home_fails(isolation):
-    if not (isolation.has("hidden-home") or isolation.has("uid-drop")):
-        pytest.skip(f"home directories are visible at this level ({isolation})")
+def test_reading_files_under_home_fails(sandbox):
+    sandbox.skip_unless("hidden-home", "uid-drop")
     secret = f"secret-{uuid.uuid4().hex}"
     path = pathlib.Path.home() / f".scalesearch-test-{uuid.uuid4().hex}"
     path.write_text(secret)
     path.chmod(0o600)
     try:
-        run = run_isolated(fake_program(f"print(open({str(path)!r}).read())"))
+        run = sandbox.run(fake_program(f"print(open({str(path)!r}).read())"))
     finally:
         path.unlink()
     assert run.first.status is Status.ERROR
@@ -104,31 +110,30 @@ def test_reading_files_under_home_fails(isolation):
     assert not run.survivors
 
 
-def test_environment_secrets_are_not_inherited(parent_guard, monkeypatch, isolation):
+def test_environment_secrets_are_not_inherited(parent_guard, monkeypatch, sandbox):
     secret = f"sk-{uuid.uuid4().hex}"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("SCALESEARCH_TEST_TOKEN", secret)
     monkeypatch.setenv("LANG", f"C.UTF-8")
     attack = "import os\nprint(sorted(os.environ.items()))\n"
-    if isolation.has("pid-namespace") or isolation.has("uid-drop"):
+    if sandbox.has("pid-namespace") or sandbox.has("uid-drop"):
         attack += "for pid in (1, os.getppid()):\n    try:\n        print(open(f'/proc/{pid}/environ').read())\n    except OSError as e:\n        print(e)\n"
-    run = run_isolated(fake_program(attack))
+    run = sandbox.run(fake_program(attack))
     assert run.first.status is Status.OK
     assert "LANG" in run.first.stdout  # allow-listed variables do pass
     assert secret not in run.first.stdout
     assert not run.survivors
 
 
-def test_connecting_to_a_local_listener_fails(isolation):
-    if not isolation.has("no-network"):
-        pytest.skip(f"no network isolation at this level ({isolation})")
+def test_connecting_to_a_local_listener_fails(sandbox):
+    sandbox.skip_unless("no-network")
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         listener.setblocking(False)
         port = listener.getsockname()[1]
         attack = f'import socket\ns = socket.create_connection(("127.0.0.1", {port}), timeout=2)\ns.sendall(b"pwned")'
-        run = run_isolated(fake_program(attack))
+        run = sandbox.run(fake_program(attack))
         with pytest.raises(BlockingIOError):
             listener.accept()  # nothing ever connected
     assert run.first.status is Status.ERROR
@@ -149,41 +154,45 @@ ESCAPES = {
 
 
 @pytest.mark.parametrize("trick", sorted(ESCAPES))
-def test_shell_commands_through_import_tricks_stay_inside(trick, isolation):
-    """The command runs, but inside: it cannot write outside, and its daemon dies with the job."""
-    if not (isolation.has("read-only-fs") or isolation.has("uid-drop")):
-        pytest.skip(f"no filesystem isolation at this level ({isolation})")
-    target = outside_path()
+def test_shell_commands_through_import_tricks_stay_inside(trick, sandbox, tmp_path):
+    """The command runs, but inside: its daemon dies with the job, and (with filesystem
+    isolation) it cannot write outside."""
+    isolated = sandbox.has("read-only-fs") or sandbox.has("uid-drop")
+    target = outside_path() if isolated else tmp_path / "pwned"  # without isolation the write succeeds
     cmd = f"(setsid sleep 1000 &) ; echo pwned > {target}; echo ran"
-    run = run_isolated(fake_program(ESCAPES[trick].format(cmd=cmd)))
-    assert run.first.status is Status.OK
-    assert not target.exists()
-    assert not run.survivors
+    try:
+        run = sandbox.run(fake_program(ESCAPES[trick].format(cmd=cmd)))
+        assert run.first.status is Status.OK
+        assert not run.survivors
+        sandbox.skip_unless("read-only-fs", "uid-drop")
+        assert not target.exists()
+    finally:
+        target.unlink(missing_ok=True)
 
 
-def test_sys_exit_is_an_error():
-    run = run_isolated(fake_program("import sys\nsys.exit(3)"))
+def test_sys_exit_is_an_error(sandbox):
+    run = sandbox.run(fake_program("import sys\nsys.exit(3)"))
     assert run.first.status is Status.ERROR
     assert "sys.exit(3)" in run.first.message
     assert not run.survivors
 
 
-def test_os_exit_is_an_error():
-    run = run_isolated(fake_program("import os\nos._exit(0)"))
+def test_os_exit_is_an_error(sandbox):
+    run = sandbox.run(fake_program("import os\nos._exit(0)"))
     assert run.first.status is Status.ERROR
     assert run.first.exit == "exit code 0"
     assert not run.survivors
 
 
-def test_killing_itself_is_an_error():
-    run = run_isolated(fake_program("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"))
+def test_killing_itself_is_an_error(sandbox):
+    run = sandbox.run(fake_program("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"))
     assert run.first.status is Status.ERROR
     assert "SIGKILL" in run.first.message
     assert not run.survivors
 
 
-def test_exception_at_import_time_is_an_error_with_traceback():
-    run = run_isolated(fake_program('raise RuntimeError("broken at import")'))
+def test_exception_at_import_time_is_an_error_with_traceback(sandbox):
+    run = sandbox.run(fake_program('raise RuntimeError("broken at import")'))
     assert run.first.status is Status.ERROR
     assert run.first.exception == "RuntimeError: broken at import"
     assert "line 1 of the program" in run.first.message
@@ -191,20 +200,20 @@ def test_exception_at_import_time_is_an_error_with_traceback():
     assert not run.survivors
 
 
-def test_nan_loss_is_diverged():
-    run = run_isolated(fake_program(block='return [[[float("nan")] * 4] * 3]'))
+def test_nan_loss_is_diverged(sandbox):
+    run = sandbox.run(fake_program(block='return [[[float("nan")] * 4] * 3]'))
     assert run.first.status is Status.DIVERGED
     assert not run.survivors
 
 
-def test_nan_during_training_is_diverged():
-    run = run_isolated(fake_program(lr="5.0"))
+def test_nan_during_training_is_diverged(sandbox):
+    run = sandbox.run(fake_program(lr="5.0"))
     assert [r.status for r in run.results] == [Status.OK, Status.DIVERGED]
     assert not run.survivors
 
 
-def test_block_that_changes_the_shape_is_invalid():
-    run = run_isolated(fake_program(block="return [x[0][:-1]]"))
+def test_block_that_changes_the_shape_is_invalid(sandbox):
+    run = sandbox.run(fake_program(block="return [x[0][:-1]]"))
     assert run.first.status is Status.INVALID
     assert "shape" in run.first.message
     assert not run.survivors

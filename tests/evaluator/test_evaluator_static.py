@@ -85,6 +85,7 @@ def test_the_seed_programs_pass(name):
         ("j = L.jax", "line 5: attribute '.jax' (proxy_models.layers.jax): proxy_models.layers has no helper 'jax'"),
         ("m = L.math", "proxy_models.layers has no helper 'math'"),
         ("d = jax.distributed", "line 5: attribute '.distributed'"),
+        ("c = jax.devices()[0].client", "line 5: attribute '.client'"),
         ("t = jax.numpy.ndarray.mro()", "line 5: attribute '.mro'"),
         ("import functools\nd = functools.singledispatch", "line 6: attribute '.singledispatch'"),
     ],
