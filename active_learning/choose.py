@@ -34,7 +34,7 @@ from scipy import special
 from active_learning import allocate
 from active_learning.fit import Fit
 from active_learning.pooled import PooledFit, PoolingConfig, RunsByCandidate, fit_pooled
-from active_learning.scaling_law import Features, Reparam, ScalingLaw, get_law
+from active_learning.scaling_law import Features, Reparam, ScalingLaw
 from active_learning.threads import one_blas_thread
 
 ExperimentPoint = tuple[str, float, float]  # (candidate id, N, D)
@@ -134,11 +134,11 @@ def knowledge_gradient(a: np.ndarray, b: np.ndarray, max_lines: int = 12) -> np.
     cross = np.sort(np.where(np.isfinite(cross), cross, np.inf).reshape(p, n * n), axis=1)
     edges = np.concatenate([np.full((p, 1), -np.inf), cross, np.full((p, 1), np.inf)], axis=1)
     lo, hi = edges[:, :-1], edges[:, 1:]
-    mid = np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo + hi),
-                   np.where(np.isfinite(lo), lo + 1.0, hi - 1.0))
-    mid = np.nan_to_num(mid, posinf=1e300, neginf=-1e300)
-    with np.errstate(invalid="ignore", over="ignore"):
-        top = np.argmax(a[:, None, :] + b[:, None, :] * np.clip(mid, -1e6, 1e6)[:, :, None], axis=2)
+    # A point inside each interval; the unbounded ends and empty (inf, inf) intervals get finite stand-ins.
+    lo_f, hi_f = np.clip(lo, -1e6, 1e6), np.clip(hi, -1e6, 1e6)
+    mid = np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo_f + hi_f),
+                   np.where(np.isfinite(lo), lo_f + 1.0, hi_f - 1.0))
+    top = np.argmax(a[:, None, :] + b[:, None, :] * mid[:, :, None], axis=2)
     a_top, b_top = np.take_along_axis(a, top, 1), np.take_along_axis(b, top, 1)
     pdf = lambda z: np.exp(-0.5 * np.minimum(z * z, 1e4)) / math.sqrt(2.0 * math.pi)  # noqa: E731
     value = a_top * (special.ndtr(hi) - special.ndtr(lo)) + b_top * (pdf(lo) - pdf(hi))

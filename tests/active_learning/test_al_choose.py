@@ -1,0 +1,108 @@
+"""Choosing runs: the knowledge gradient, the obviously informative run on toy problems, and baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from active_learning.choose import (choose_for_single_law, choose_next_runs, grid_design, isoflop_design,
+                                    knowledge_gradient, random_design)
+from active_learning.fit import FitConfig, fit_law
+from active_learning.pooled import fit_pooled
+from active_learning.scaling_law import HOFFMANN_2022
+
+TARGET = 1e22
+
+
+def test_knowledge_gradient_of_two_tied_lines_is_the_mean_absolute_normal():
+    # E[max(Z, -Z)] = E|Z| = sqrt(2 / pi).
+    assert knowledge_gradient(np.array([0.0, 0.0]), np.array([1.0, -1.0])) == pytest.approx(math.sqrt(2 / math.pi))
+
+
+def test_knowledge_gradient_matches_monte_carlo(rng):
+    a, b = rng.normal(size=(20, 6)), rng.normal(size=(20, 6))
+    z = rng.standard_normal(200_000)
+    for i in range(3):
+        mc = np.max(a[i][None] + b[i][None] * z[:, None], axis=1).mean() - a[i].max()
+        assert knowledge_gradient(a, b)[i] == pytest.approx(mc, abs=0.01)
+
+
+def test_knowledge_gradient_is_zero_when_nothing_can_change_the_decision():
+    assert knowledge_gradient(np.array([0.0, -50.0]), np.array([0.0, 1.0])) < 1e-12
+    assert knowledge_gradient(np.array([0.0, -1.0]), np.array([0.5, 0.5])) == 0.0  # same move for both
+
+
+def _campaign(rng, chinchilla_runs, isoflop_points):
+    n, d = isoflop_points(per_budget=5)
+    leader = HOFFMANN_2022 - np.array([0.0, 0.05, 0.05, 0.0, 0.0])
+    loser = HOFFMANN_2022 + np.array([0.0, 1.0, 1.0, 0.0, 0.0])
+    return {
+        "leader": chinchilla_runs(leader, n, d, 0.01, rng),
+        "loser": chinchilla_runs(loser, n, d, 0.01, rng),
+        "rival": chinchilla_runs(HOFFMANN_2022 - np.array([0.0, 0.04, 0.06, 0.0, 0.0]), n[:2], d[:2], 0.01, rng),
+    }
+
+
+def test_the_next_run_goes_to_the_uncertain_contender(rng, chinchilla_runs, isoflop_points):
+    # Toy problem: a well-measured leader, a clearly worse candidate, and a rival with two runs
+    # whose predicted loss at C* is close to the leader's. Equal-cost pool points: the most
+    # informative run is obviously one of the rival's.
+    fit = fit_pooled(_campaign(rng, chinchilla_runs, isoflop_points))
+    pool = [(n, 1e18 / (6 * n)) for n in (2e7, 4e7, 8e7)]
+    chosen = choose_next_runs(fit, pool, TARGET, 1e18, np.random.default_rng(0))
+    assert [c for c, _, _ in chosen] == ["rival"]
+
+
+def test_a_batch_respects_the_budget_and_the_candidate_filter(rng, chinchilla_runs, isoflop_points):
+    runs = _campaign(rng, chinchilla_runs, isoflop_points)
+    pool = [(n, r * n) for n in (1e7, 4e7) for r in (5.0, 20.0, 80.0)]
+    budget = 2e18
+    chosen = choose_next_runs(runs, pool, TARGET, budget, np.random.default_rng(0), candidates=["leader", "loser"])
+    assert chosen and sum(6 * n * d for _, n, d in chosen) <= budget
+    assert {c for c, _, _ in chosen} <= {"leader", "loser"}
+    assert len(set(chosen)) == len(chosen)  # no repeats within a batch unless asked
+
+
+def test_the_single_law_version_prefers_a_new_point_to_a_well_measured_one(chinchilla_runs, rng):
+    # Five seeds at each of six points; the pool offers one of those points again, or a new point
+    # of the same cost. The new point obviously reduces Var(L*) more.
+    base = [(1e7, 2e8), (2e7, 4e8), (4e7, 8e8), (1e7, 1e9), (2e7, 1e8), (4e7, 4e9)]
+    n, d = np.repeat([p[0] for p in base], 5), np.repeat([p[1] for p in base], 5)
+    fit = fit_law(chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng), FitConfig(loss="student-t"))
+    pool = [(4e7, 8e8), (1.6e8, 2e8)]  # equal FLOPs
+    assert choose_for_single_law(fit, pool, TARGET, 6 * 4e7 * 8e8, rng) == [(1.6e8, 2e8)]
+
+
+def test_invalid_requests_are_rejected(rng, chinchilla_runs, isoflop_points):
+    fit = fit_pooled(_campaign(rng, chinchilla_runs, isoflop_points))
+    with pytest.raises(ValueError, match="empty"):
+        choose_next_runs(fit, [], TARGET, 1e18, rng)
+    with pytest.raises(ValueError, match="> 0"):
+        choose_next_runs(fit, [(1e7, 1e8)], TARGET, -1.0, rng)
+    with pytest.raises(TypeError, match="PooledFit"):
+        choose_next_runs(42, [(1e7, 1e8)], TARGET, 1e18, rng)
+
+
+def test_grid_design_covers_every_pair_and_its_budgeted_prefix_is_spread_out():
+    pool = [(n, r * n) for n in (1e7, 2e7, 4e7) for r in (10.0, 20.0)]
+    full = grid_design(["a", "b"], pool)
+    assert len(full) == 12 and len(set(full)) == 12
+    prefix = grid_design(["a", "b"], pool, flop_budget=6 * 4e7 * 400 * 4e7)
+    assert sum(6 * n * d for _, n, d in prefix) <= 6 * 4e7 * 400 * 4e7
+    assert len({(n, d) for _, n, d in prefix}) > 1
+
+
+def test_random_design_is_reproducible_and_within_budget():
+    pool = [(n, 20 * n) for n in (1e7, 2e7, 4e7)]
+    a = random_design(["a", "b"], pool, 1e18, np.random.default_rng(5))
+    assert a == random_design(["a", "b"], pool, 1e18, np.random.default_rng(5))
+    assert sum(6 * n * d for _, n, d in a) <= 1e18
+
+
+def test_isoflop_design_lies_on_its_budgets():
+    points = isoflop_design([1e18, 1e19], 1e7, 1e8, points_per_budget=5)
+    assert {round(math.log10(6 * n * d), 9) for n, d in points} == {18.0, 19.0}
+    with pytest.raises(ValueError):
+        isoflop_design([1e18], 1e8, 1e7)

@@ -1,0 +1,85 @@
+"""`scalesearch fit`: a CSV round trip through search.cli.main, and errors that say what to fix."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from search.cli import main
+
+
+def _write(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture
+def runs_csv(tmp_path, chinchilla_runs, rng):
+    runs = chinchilla_runs(noise=0.005, rng=rng)
+    return _write(tmp_path / "runs.csv", ["N", "D", "loss"], [(r.n, r.d, r.loss) for r in runs])
+
+
+def test_json_round_trip_reports_parameters_and_the_target(runs_csv, capsys):
+    assert main(["fit", runs_csv, "--target-flops", "5.76e23", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["law"] == "chinchilla" and out["n_runs"] == 35
+    assert out["params"]["alpha"]["lo"] < 0.34 < out["params"]["alpha"]["hi"]
+    target = out["target"]
+    assert target["loss"]["lo"] < target["loss"]["value"] < target["loss"]["hi"]
+    assert 70 < target["tokens_per_parameter"] < 120
+
+
+def test_flops_column_stands_in_for_tokens(tmp_path, chinchilla_runs, capsys):
+    runs = chinchilla_runs()
+    path = _write(tmp_path / "c.csv", ["n", "C", "Loss"], [(r.n, 6 * r.n * r.d, r.loss) for r in runs])
+    assert main(["fit", path, "--loss", "approach3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["E"]["value"] == pytest.approx(1.69, abs=1e-3)
+
+
+def test_text_output_bootstrap_and_plot(runs_csv, tmp_path, capsys):
+    plot = tmp_path / "fit.png"
+    assert main(["fit", runs_csv, "--loss", "student-t", "--target-flops", "1e22", "--bootstrap", "8",
+                 "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "bootstrap" in out and "predicted loss" in out
+    assert plot.stat().st_size > 10_000
+
+
+def test_data_constrained_law_reads_unique_tokens(tmp_path, chinchilla_runs, capsys, rng):
+    runs = chinchilla_runs(noise=0.005, rng=rng)
+    rows = [(r.n, r.d, r.loss, r.d) for r in runs]  # every token fresh
+    path = _write(tmp_path / "dc.csv", ["N", "D", "loss", "unique"], rows)
+    assert main(["fit", path, "--law", "data-constrained", "--target-flops", "1e21", "--json"]) == 0
+    assert "R_D_star" in json.loads(capsys.readouterr().out)["params"]
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    (["N", "loss"], [(1e8, 3.0)], "missing column(s) D (or C)"),
+    (["N", "D", "loss"], [(1e8, -1e9, 3.0)], "line 2: column 'd' must be a positive number"),
+    (["N", "D", "loss"], [(1e8, "lots", 3.0)], "line 2: column 'd' is 'lots', not a number"),
+    (["N", "D", "loss"], [(1e8, 1e9, 3.0)] * 3, "needs at least 6 runs"),
+])
+def test_bad_input_exits_2_with_a_message_that_says_what_to_fix(tmp_path, capsys, header, rows, message):
+    path = _write(tmp_path / "bad.csv", header, rows)
+    assert main(["fit", path]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_data_constrained_law_without_unique_column_is_explained(runs_csv, capsys):
+    assert main(["fit", runs_csv, "--law", "data-constrained"]) == 2
+    assert "unique" in capsys.readouterr().err
+
+
+def test_missing_file_exits_2(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "nope.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_non_positive_target_is_rejected(runs_csv, capsys):
+    assert main(["fit", runs_csv, "--target-flops", "-5"]) == 2
+    assert "--target-flops must be > 0" in capsys.readouterr().err
