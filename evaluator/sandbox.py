@@ -61,6 +61,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import uuid
@@ -177,12 +178,24 @@ def _world_reachable(path: str) -> bool:
 
 
 def needed_paths(config: SandboxConfig) -> list[str]:
-    """What the worker must see: the interpreter, the venv, sys.path, the project, the cache."""
+    """What the worker must see: the interpreter and its library, installed packages,
+    the project, and ``extra_ro_paths``. Never a hidden directory itself, an
+    ancestor of one, or the home directory: ``sys.path`` can hold the directory a
+    script was started from (``/tmp``, ``~``), so only package directories are taken from it."""
     paths = {sys.prefix, sys.base_prefix, str(PROJECT_ROOT), os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
+    paths.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    paths.update(p for p in sys.path if "site-packages" in p or "dist-packages" in p)
     paths.update(config.extra_ro_paths)
-    real = {os.path.realpath(p) for p in paths if os.path.exists(p)}
-    return sorted(real | {p for p in paths if os.path.exists(p)})
+    home = str(pathlib.Path.home())
+    out = set()
+    for p in paths:
+        if not p or not os.path.exists(p):
+            continue
+        for q in {os.path.abspath(p), os.path.realpath(p)}:
+            too_wide = q == home or any(h == q or h.startswith(q.rstrip("/") + "/") for h in HIDDEN_DIRS)
+            if not too_wide:
+                out.add(q)
+    return sorted(out)
 
 
 def _bwrap_args(config: SandboxConfig, drop: bool, extra_ro: tuple[str, ...] = ()) -> list[str]:

@@ -200,6 +200,8 @@ def _warm_up(runner, corpus: str | None) -> None:
     import proxy_models.layers  # noqa: F401
 
     jax.jit(lambda x: x + 1)(jnp.zeros(())).block_until_ready()  # starts the XLA backend
+    if not hasattr(runner, "load_corpus"):
+        return
     loaded = runner.load_corpus(corpus)
     original = runner.load_corpus
     # train_run loads the corpus on every call; the worker has it already (read-only memmap).

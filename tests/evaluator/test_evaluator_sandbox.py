@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import sys
+import tempfile
+import uuid
 
 import pytest
 
 from evaluator.executor import LocalExecutor
 from evaluator.protocol import Job
 from evaluator.result import Status
-from evaluator.sandbox import SandboxConfig, SandboxError, UidPool, _bwrap_args, sandbox_env
+from evaluator.sandbox import SandboxConfig, SandboxError, UidPool, _bwrap_args, needed_paths, sandbox_env
 from sandbox_helpers import TEST_CONFIG, fake_program, run_isolated, stages
 
 
@@ -34,6 +38,22 @@ def test_bubblewrap_arguments_isolate_network_pids_and_files():
     tmpfs = [args[i + 1] for i, a in enumerate(args) if a == "--tmpfs"]
     assert "/tmp" in tmpfs and "/root" in tmpfs
     assert "--cap-add" in args  # only CAP_SETUID/SETGID, for the worker's own uid drop
+
+
+def test_directories_a_script_ran_from_are_not_mounted_back(monkeypatch):
+    """sys.path[0] is the script's directory: /tmp or ~ must stay hidden even then."""
+    home = str(pathlib.Path.home())
+    monkeypatch.setattr(sys, "path", [*sys.path, "/tmp", home, "/", "/root"])
+    paths = needed_paths(SandboxConfig())
+    assert not {"/tmp", home, "/", "/root", "/home"} & set(paths)
+
+
+def test_the_hosts_tmp_is_invisible_inside(isolation):
+    if not isolation.has("private-tmp"):
+        pytest.skip(f"no private /tmp at this level ({isolation})")
+    with tempfile.NamedTemporaryFile(prefix=f"host-{uuid.uuid4().hex}") as f:
+        run = run_isolated(fake_program("import os\nprint(os.listdir('/tmp'), os.listdir(os.path.expanduser('~')))"))
+        assert run.first.ok and os.path.basename(f.name) not in run.first.stdout
 
 
 @pytest.mark.parametrize("kwargs", [dict(bubblewrap="maybe"), dict(memory_limit_bytes=1000), dict(processes=0)])
