@@ -247,3 +247,52 @@ def incumbent_curves(db: sqlite_utils.Database, program_ids, stage: int = 2) -> 
                 out.append([[i + 1, tokens, loss] for i, (tokens, loss) in enumerate(run.loss_curve)])
                 break
     return out
+
+
+# ----------------------------------------------------------------------------- inspection reads (status, show, plots)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundBest:
+    """The leader of one fit round: the search's progress as the plots show it.
+
+    Attributes:
+      round: the fit round.
+      created: when it was recorded.
+      fit: the candidate fit with the lowest predicted loss at C* in that round.
+      n_candidates: candidates with a prediction in that round.
+    """
+
+    round: int
+    created: float
+    fit: Fit
+    n_candidates: int
+
+
+def fit_rounds(db: sqlite_utils.Database) -> list[RoundBest]:
+    """Each fit round's best candidate by predicted loss at C* (ties by id), in round order."""
+    sql = """
+        SELECT f.*, r.n FROM fits f JOIN (
+            SELECT round, COUNT(*) AS n FROM fits
+             WHERE kind != 'pooled' AND loss_at_c_star IS NOT NULL GROUP BY round) r ON r.round = f.round
+         WHERE f.id = (SELECT id FROM fits g WHERE g.round = f.round AND g.kind != 'pooled'
+                          AND g.loss_at_c_star IS NOT NULL ORDER BY g.loss_at_c_star, g.program_id LIMIT 1)
+         ORDER BY f.round
+    """
+    out = []
+    for row in db.query(sql):
+        n = row.pop("n")
+        fit = rows.from_row(Fit, row)
+        out.append(RoundBest(fit.round, fit.created, fit, n))
+    return out
+
+
+def fits_of(db: sqlite_utils.Database, program_id: int) -> list[Fit]:
+    """Every fit of one candidate, oldest first: how its prediction moved as runs came in."""
+    return _records(Fit, db["fits"].rows_where("program_id = ? AND kind != 'pooled'", [program_id], order_by="id"))
+
+
+def children(db: sqlite_utils.Database, program_id: int) -> list[Program]:
+    """Programs derived from ``program_id`` (it is among their parents), in id order."""
+    sql = "SELECT p.* FROM programs p, json_each(p.parent_ids) j WHERE j.value = ? GROUP BY p.id ORDER BY p.id"
+    return [rows.from_row(Program, row) for row in db.query(sql, [program_id])]

@@ -17,6 +17,13 @@ COMMANDS = {
     "train": "search.commands.train",
     "eval": "search.commands.eval",
     "fit": "search.commands.fit",
+    "status": "search.commands.status",
+    "top": "search.commands.top",
+    "show": "search.commands.show",
+    "compare": "search.commands.compare",
+    "plot": "search.commands.plot",
+    "ui": "search.commands.ui",
+    "export": "search.commands.export",
 }
 
 

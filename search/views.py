@@ -1,0 +1,210 @@
+"""Rich renderings of what ``search.inspection`` returns: the text output of status, top, show, compare."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+LAW_FORM = "L(N, D) = E + A / N^alpha + B / D^beta"
+
+
+def g(x: float | None, digits: int = 3) -> str:
+    """A number in short form ("-" for none)."""
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def loss(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def interval(lo: float | None, hi: float | None) -> str:
+    return "-" if lo is None or hi is None else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def when(t: float | None) -> str:
+    return "-" if t is None else datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parents(ids: Sequence[int]) -> str:
+    return ", ".join(map(str, ids)) or "-"
+
+
+def _numbers(table: Table, names: Sequence[str]) -> None:
+    for name in names:  # numbers never shrink; the text columns give way on a narrow terminal
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+
+
+def leaderboard_table(rows: Sequence[dict[str, Any]], title: str, *, width: int = 200) -> Table:
+    """The leaderboard: rank, program, predicted loss at C* with interval, P(best), runs, ancestry.
+
+    Columns are dropped, least important first, to fit a terminal ``width`` characters wide.
+    """
+    wide, medium = width >= 136, width >= 100
+    table = Table(title=title, title_justify="left")
+    _numbers(table, ("#", "id", "L(C*)", "90% interval", "P(best)", "runs") + (("N*", "D*", "base loss") if wide else ()))
+    table.add_column("proposer", no_wrap=True, overflow="ellipsis", max_width=16)
+    if wide:
+        table.add_column("parents", no_wrap=True, overflow="ellipsis", max_width=12)
+    if medium:
+        table.add_column("change", no_wrap=True, overflow="ellipsis", max_width=40)
+    for r in rows:
+        cells = [str(r["rank"]), str(r["id"]), loss(r["loss"]), interval(r["low"], r["high"]), g(r["prob_best"], 2),
+                 str(r["n_runs"])]
+        cells += [g(r["n_star"]), g(r["d_star"]), loss(r["base_loss"])] if wide else []
+        cells += [r["proposer"]] + ([_parents(r["parent_ids"])] if wide else []) + ([r["note"]] if medium else [])
+        table.add_row(*cells)
+    return table
+
+
+def _counts_table(status: dict[str, Any]) -> Table:
+    table = Table(title="Outcomes", title_justify="left")
+    table.add_column("status")
+    table.add_column("programs", justify="right")
+    table.add_column("runs", justify="right")
+    names = sorted(set(status["counts"]["programs"]) | set(status["counts"]["runs"]),
+                   key=lambda s: (s != "ok", s == "pending", s))
+    for name in names:
+        table.add_row(name, str(status["counts"]["programs"].get(name, 0)), str(status["counts"]["runs"].get(name, 0)))
+    return table
+
+
+def _budget_table(budgets: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="Budgets", title_justify="left")
+    for name, justify in (("budget", "left"), ("spent", "right"), ("limit", "right"), ("used", "right")):
+        table.add_column(name, justify=justify)
+    for b in budgets:
+        used = "no limit" if b["fraction"] is None else f"{100 * b['fraction']:.0f}%"
+        table.add_row(b["what"], g(b["spent"]), g(b["limit"]) if b["limit"] else "-", used)
+    return table
+
+
+def status_view(status: dict[str, Any], width: int = 200) -> RenderableType:
+    """``scalesearch status``: header, outcomes and budgets, recent failures, the top candidates."""
+    c, spent = status["campaign"], status["spent"]
+    header = Text.assemble(
+        (f"campaign {c['name']!r}", "bold"), f"  C* = {g(c['target_flops'])} FLOPs",
+        f", inference tokens {g(c['inference_tokens'])}" if c["inference_tokens"] else "",
+        f"  law {c['fit_law']}\nstarted {when(c['created'])}, last activity {when(c['last_activity'])}; ",
+        f"{spent['candidates']} programs evaluated, {spent['runs']} runs ({g(spent['flops'])} FLOPs, "
+        f"{spent['eval_seconds'] / 3600:.2f} h of training), {status['fit_rounds']} fit rounds, "
+        f"{spent['proposer_calls']} proposer calls ({spent['tokens_in'] + spent['tokens_out']:,} tokens)")
+    parts: list[RenderableType] = [header, _counts_table(status), _budget_table(status["budgets"])]
+    if status["recent_failures"]:
+        table = Table(title="Recent failures", title_justify="left")
+        _numbers(table, ("program", "run", "stage"))
+        table.add_column("status", no_wrap=True, min_width=9)
+        table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=70)
+        for f in status["recent_failures"]:
+            table.add_row(str(f["program_id"]), str(f["run_id"] or "-"), str(f["stage"]), f["status"],
+                          f["message"].splitlines()[0] if f["message"] else "")
+        parts.append(table)
+    if status["top"]:
+        parts.append(leaderboard_table(status["top"], f"Top {len(status['top'])} by predicted loss at C* "
+                                       "(nats/byte)", width=min(width, 120)))
+    else:
+        parts.append(Text("No candidate has a fitted law yet."))
+    return Group(*parts)
+
+
+def law_text(fit: dict[str, Any] | None) -> str:
+    """The fitted law with its parameters and intervals, one line."""
+    if not fit or not fit["params"]:
+        return "no fit yet"
+    p, iv = fit["params"], fit["intervals"]
+    if not {"E", "A", "B", "alpha", "beta"} <= set(p):
+        return ", ".join(f"{k} = {g(v)}" for k, v in p.items())
+    terms = [f"{k} = {g(p[k])}" + (f" [{g(iv[k][0])}, {g(iv[k][1])}]" if k in iv else "")
+             for k in ("E", "A", "alpha", "B", "beta")]
+    return f"{LAW_FORM}: " + ", ".join(terms) + f" ({fit['n_runs']} runs)"
+
+
+def _runs_table(runs: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="Runs", title_justify="left")
+    for name in ("run", "stage", "status", "N", "D", "C FLOPs", "seed", "loss", "seconds"):
+        table.add_column(name, justify="left" if name in ("stage", "status") else "right", no_wrap=True,
+                         min_width=len(name))
+    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=50)
+    for r in runs:
+        table.add_row(str(r["id"]), r["stage"], r["status"] or r["state"], g(r["n_params"]), g(r["n_tokens"]),
+                      g(r["flops"]), str(r["seed"]), loss(r["loss"]), g(r["seconds"]), r["message"])
+    return table
+
+
+def _lineage_table(lineage: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="Lineage (nearest first)", title_justify="left")
+    for name in ("program", "proposer", "parents", "status", "base loss", "change"):
+        table.add_column(name, overflow="ellipsis", no_wrap=True, max_width=50 if name == "change" else None)
+    for p in lineage:
+        table.add_row(str(p["id"]), p["proposer"], _parents(p["parent_ids"]), p["status"] or "pending",
+                      loss(p["base_loss"]), p["note"])
+    return table
+
+
+def program_view(d: dict[str, Any], *, source: bool = True) -> RenderableType:
+    """``scalesearch show``: summary, law, runs, lineage, the diff against the parent, the source."""
+    fit = d["fit"]
+    head = Text.assemble((f"program {d['id']}", "bold"), f"  {d['proposer']}, island {g(d['island'])}, "
+                         f"parents {_parents(d['parent_ids'])}, children {_parents(d['children'])}\n",
+                         f"status {d['status'] or 'pending'} at stage {d['stage']}",
+                         f": {d['message']}" if d["message"] else "", f"\nchange: {d['note']}" if d["note"] else "")
+    parts: list[RenderableType] = [head]
+    if fit:
+        parts.append(Text(f"rank {d['rank'] or '-'}: predicted loss at C* = {g(fit['c_star'])}: {loss(fit['loss'])} "
+                          f"{interval(fit['low'], fit['high'])}, P(best) {g(fit['prob_best'], 2)}, at N* = "
+                          f"{g(fit['n_star'])}, D* = {g(fit['d_star'])}\n{law_text(fit)}"))
+        history = "  ".join(f"r{h['round']}: {loss(h['loss'])}" for h in d["fit_history"])
+        parts.append(Text(f"prediction by fit round: {history}", style="dim"))
+    else:
+        parts.append(Text("no fitted law yet"))
+    parts += [_runs_table(d["runs"]), _lineage_table(d["lineage"])]
+    if d["parent_diff"]:
+        parts.append(Panel(Syntax(d["parent_diff"], "diff", theme="ansi_dark"), title="diff against its parent"))
+    if source:
+        parts.append(Panel(Syntax(d["source"], "python", theme="ansi_dark", line_numbers=True), title="source"))
+    return Group(*parts)
+
+
+def comparison_view(d: dict[str, Any]) -> RenderableType:
+    """``scalesearch compare``: the two side by side, their shared runs, and the diff."""
+    a, b = d["a"], d["b"]
+    table = Table(title=f"program {a['id']} vs program {b['id']}", title_justify="left")
+    table.add_column("")
+    table.add_column(f"program {a['id']}", justify="right")
+    table.add_column(f"program {b['id']}", justify="right")
+    fa, fb = a["fit"] or {}, b["fit"] or {}
+    rows = [("proposer", a["proposer"], b["proposer"]), ("parents", _parents(a["parent_ids"]), _parents(b["parent_ids"])),
+            ("status", a["status"] or "pending", b["status"] or "pending"), ("rank", g(a["rank"]), g(b["rank"])),
+            ("L(C*)", loss(fa.get("loss")), loss(fb.get("loss"))),
+            ("90% interval", interval(fa.get("low"), fa.get("high")), interval(fb.get("low"), fb.get("high"))),
+            ("P(best)", g(fa.get("prob_best"), 2), g(fb.get("prob_best"), 2)),
+            ("N*, D*", f"{g(fa.get('n_star'))}, {g(fa.get('d_star'))}", f"{g(fb.get('n_star'))}, {g(fb.get('d_star'))}"),
+            ("runs", g(fa.get("n_runs")), g(fb.get("n_runs")))]
+    for name in ("E", "A", "alpha", "B", "beta"):
+        rows.append((name, g((fa.get("params") or {}).get(name)), g((fb.get("params") or {}).get(name))))
+    for row in rows:
+        table.add_row(*row)
+    parts: list[RenderableType] = [table]
+    v = d["verdict"]
+    if v:
+        sure = "but their intervals overlap" if v["intervals_overlap"] else "and their intervals do not overlap"
+        parts.append(Text(f"program {v['better']} is predicted better at C* by {v['margin']:.4f} nats/byte, {sure}."))
+    parts.append(Text(f"nearest common ancestor: {g(d['common_ancestor'])}"))
+    if d["shared_runs"]:
+        runs = Table(title="Runs at the same (N, D, seed)", title_justify="left")
+        for name in ("N", "D", "seed", f"loss {a['id']}", f"loss {b['id']}", "difference"):
+            runs.add_column(name, justify="right")
+        for r in d["shared_runs"]:
+            runs.add_row(g(r["n"]), g(r["d"]), str(r["seed"]), loss(r["loss_a"]), loss(r["loss_b"]), f"{r['delta']:+.4f}")
+        parts.append(runs)
+    if d["diff"]:
+        parts.append(Panel(Syntax(d["diff"], "diff", theme="ansi_dark"), title=f"diff {a['id']} -> {b['id']}"))
+    else:
+        parts.append(Text("the two sources are identical"))
+    return Group(*parts)
