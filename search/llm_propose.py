@@ -75,7 +75,8 @@ class ProposerConfig:
         empty and ``LLMProposer.exhausted`` is true).
       breaker_failures: consecutive unanswered requests that open a breaker.
       breaker_cooldown_s: how long a breaker stays open before a probe.
-      breaker_max_cooldown_s: the longest cool-down (it doubles after each failed probe).
+      breaker_max_cooldown_s: the longest cool-down (it doubles after each failed probe); None: 15 minutes,
+        or ``breaker_cooldown_s`` if that is longer.
       fallback_when_empty: when the model yields no child, the fallback proposes for that request.
     """
 
@@ -90,7 +91,7 @@ class ProposerConfig:
     on_budget: str = "mutator"
     breaker_failures: int = 3
     breaker_cooldown_s: float = 60.0
-    breaker_max_cooldown_s: float = 900.0
+    breaker_max_cooldown_s: float | None = None
     fallback_when_empty: bool = True
 
     def __post_init__(self):
@@ -106,8 +107,17 @@ class ProposerConfig:
             raise ValueError(f"on_budget must be one of {ON_BUDGET}, got {self.on_budget!r}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be 1 or more, got {self.breaker_failures!r}")
-        if not 0 < self.breaker_cooldown_s <= self.breaker_max_cooldown_s:
-            raise ValueError("breaker cool-downs must satisfy 0 < breaker_cooldown_s <= breaker_max_cooldown_s")
+        if not 0 < self.breaker_cooldown_s <= self.max_cooldown:
+            raise ValueError(
+                f"breaker cool-downs must satisfy 0 < breaker_cooldown_s <= breaker_max_cooldown_s, "
+                f"got {self.breaker_cooldown_s!r} and {self.breaker_max_cooldown_s!r}"
+            )
+
+    @property
+    def max_cooldown(self) -> float:
+        if self.breaker_max_cooldown_s is not None:
+            return self.breaker_max_cooldown_s
+        return max(900.0, self.breaker_cooldown_s)
 
     def cost(self, tokens_in: int, tokens_out: int) -> float | None:
         """The price of a call, when the spec gives prices."""
@@ -136,6 +146,10 @@ class Breaker:
         """The caller is about to use it: if it was open and due, this use is the probe."""
         if self.open_until is not None and now >= self.open_until:
             self.probing = True
+
+    def release(self) -> None:
+        """A probe that ended with no verdict: the next use may probe again."""
+        self.probing = False
 
     def success(self) -> None:
         self.count, self.cooldown, self.open_until, self.probing = 0, self.base_cooldown, None, False
@@ -201,7 +215,7 @@ class LLMProposer:
         self._budget_recorded = False
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(config.concurrency, thread_name_prefix="llm")
-        breaker = lambda: Breaker(config.breaker_failures, config.breaker_cooldown_s, config.breaker_max_cooldown_s)  # noqa: E731
+        breaker = lambda: Breaker(config.breaker_failures, config.breaker_cooldown_s, config.max_cooldown)  # noqa: E731
         self._endpoint = breaker()
         self._models = {m.name: breaker() for m in config.llm.models}
 
@@ -293,14 +307,27 @@ class LLMProposer:
                 self.ledger.tokens_out += a.tokens_out
                 self.ledger.cost += self.config.cost(a.tokens_in, a.tokens_out) or 0.0
             final = attempts[-1]
-            if final.answered:
-                self._endpoint.success()
-                self._models[model].success()
-            elif final.outcome == "connection":
-                self._endpoint.failure(now, f"{final.outcome}: {final.message}")
-            elif final.outcome != "cancelled":
-                self._models[model].failure(now, f"{final.outcome}: {final.message}")
+            self._judge(self._models[model], final, now)
         return [self._call(a) for a in attempts[:-1]], final
+
+    def _judge(self, model: Breaker, final: Attempt, now: float) -> None:
+        """Feed the breakers: whose fault a call's last attempt was (every probe it was is settled)."""
+        endpoint, error = self._endpoint, f"{final.outcome}: {final.message}"
+        if final.answered:
+            endpoint.success()
+            model.success()
+        elif final.outcome == "connection":  # nothing listens: the endpoint is down, whatever the model
+            endpoint.failure(now, error)
+            model.release()
+        elif final.outcome in ("timeout", "cancelled"):  # no verdict on the endpoint
+            endpoint.release()
+            if final.outcome == "timeout":
+                model.failure(now, error)
+            else:
+                model.release()
+        else:  # the server answered over HTTP, with an error or a malformed body: this model's fault
+            endpoint.success()
+            model.failure(now, error)
 
     def _call(self, a: Attempt, outcome: str | None = None, message: str = "", child: Child | None = None, note: str = "") -> ProposerCall:
         estimated = "usage estimated (the endpoint reported none)" if a.usage_estimated and message else ""
@@ -490,7 +517,7 @@ def build_proposer(section: Mapping[str, Any] | None, environ: Mapping[str, str]
       ``token_budget``, ``cost_budget``: when spent, ``on_budget`` decides: ``"mutator"`` (default,
       the built-in mutator proposes from then on) or ``"stop"`` (no more children;
       ``proposer.exhausted`` becomes true).
-    - ``breaker_failures`` (3), ``breaker_cooldown_s`` (60), ``breaker_max_cooldown_s`` (900): the
+    - ``breaker_failures`` (3), ``breaker_cooldown_s`` (60), ``breaker_max_cooldown_s`` (900, or the cool-down if longer): the
       circuit breaker; ``fallback_when_empty`` (true): the mutator proposes when no answer was usable.
 
     Keys of the built-in mutator's config (``crossover_rate`` ...) and a ``mutator`` sub-table are

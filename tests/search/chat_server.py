@@ -317,11 +317,32 @@ def strategy_responder(factors=(0.5, 0.7, 1.4, 2.0, 0.35, 2.8, 1.2, 0.85)) -> Re
     return respond
 
 
+def flaky(responder: Responder) -> Responder:
+    """``responder`` behind an endpoint that misbehaves on a fixed schedule: 429s, 500s, length cuts, prose."""
+    counter = itertools.count()
+
+    def respond(body: dict) -> Reply:
+        i = next(counter)
+        if i % 7 == 3:
+            return Reply(status=429, headers={"Retry-After": "0.5"}, error="rate limited")
+        if i % 11 == 5:
+            return Reply(content="Let me rewrite the whole block:\n```python\ndef hyperpar", finish_reason="length")
+        if i % 13 == 7:
+            return Reply(content="I would try a larger learning rate and a longer warmup.")
+        if i % 17 == 9:
+            return Reply(status=500, error="CUDA out of memory")
+        return responder(body)
+
+    return respond
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="a stand-in OpenAI-compatible endpoint that proposes learning rates")
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--flaky", action="store_true", help="also send 429s, 500s, length cuts and prose")
     args = parser.parse_args()
-    server = ChatServer(responder=strategy_responder(), models=("stand-in",)).start(args.port)
+    responder = flaky(strategy_responder()) if args.flaky else strategy_responder()
+    server = ChatServer(responder=responder, models=("stand-in",)).start(args.port)
     print(f"serving {server.base_url} (Ctrl-C stops)", flush=True)
     try:
         while True:

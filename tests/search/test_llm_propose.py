@@ -253,6 +253,23 @@ def test_a_failed_probe_reopens_the_breaker_for_longer():
         assert proposer.propose(_request(), rng).calls[0].outcome == "connection"
 
 
+def test_a_probe_that_finds_the_server_back_but_the_model_failing_benches_the_model_not_the_endpoint():
+    clock = Clock()
+    server = ChatServer().start()
+    server.stop()
+    with _proposer(server, clock=clock, breaker_failures=1, breaker_cooldown_s=10, max_retries=0) as proposer:
+        rng = np.random.default_rng(0)
+        assert proposer.propose(_request(), rng).calls[0].outcome == "connection"
+        server.start()
+        server.add(Reply(status=500), Reply(content=LR_DIFF))
+        clock.now += 11
+        assert proposer.propose(_request(), rng).calls[0].outcome == "http_500"  # the probe: the model fails
+        assert "the endpoint is down" not in proposer.propose(_request(), rng).message  # the model is benched
+        clock.now += 11
+        assert proposer.propose(_request(), rng).calls[0].outcome == "ok"
+    server.stop()
+
+
 def test_a_model_that_keeps_failing_is_benched_and_the_other_models_carry_on():
     def respond(body):
         if body["model"] == "broken":
