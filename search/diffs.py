@@ -167,7 +167,7 @@ def apply_edit(source: str, edit: Edit) -> str:
     if len(starts) == 1:
         return source[: starts[0]] + edit.replace + source[starts[0] + len(edit.search) :]
     if len(starts) > 1:
-        raise DiffError(f"the SEARCH part matches {len(starts)} places; include more lines so it matches one:\n{_quote(edit.search)}")
+        raise _ambiguous(len(starts), edit.search)
     lines = source.splitlines(keepends=True)
     for key in (str.rstrip, str.strip):
         result = _apply_lines(lines, edit, key, skip_blank=False)
@@ -177,6 +177,10 @@ def apply_edit(source: str, edit: Edit) -> str:
     if result is not None:
         return result
     raise DiffError(f"this SEARCH part does not match the best program; copy its lines exactly:\n{_quote(edit.search)}")
+
+
+def _ambiguous(n: int, search: str) -> DiffError:
+    return DiffError(f"the SEARCH part matches {n} places; include more lines so it matches one:\n{_quote(search)}")
 
 
 def _line_starts(source: str, search: str) -> list[int]:
@@ -196,7 +200,7 @@ def _apply_lines(lines: list[str], edit: Edit, key, skip_blank: bool) -> str | N
     hits = [s for s in range(len(keyed) - len(wanted) + 1) if keyed[s : s + len(wanted)] == wanted]
     if len(hits) != 1:
         if len(hits) > 1:
-            raise DiffError(f"the SEARCH part matches {len(hits)} places; include more lines so it matches one:\n{_quote(edit.search)}")
+            raise _ambiguous(len(hits), edit.search)
         return None
     first, last = index[hits[0]], index[hits[0] + len(wanted) - 1]
     replace = _reindent(edit.search, edit.replace, lines[first : last + 1])

@@ -329,7 +329,9 @@ class LLMProposer:
             endpoint.success()
             model.failure(now, error)
 
-    def _call(self, a: Attempt, outcome: str | None = None, message: str = "", child: Child | None = None, note: str = "") -> ProposerCall:
+    def _call(
+        self, a: Attempt, outcome: str | None = None, message: str = "", child: Child | None = None, note: str = ""
+    ) -> ProposerCall:
         estimated = "usage estimated (the endpoint reported none)" if a.usage_estimated and message else ""
         text = _join(note, message or a.message, estimated)
         return ProposerCall(
@@ -458,7 +460,8 @@ def _deduplicate(samples: Sequence[_Sample], seen: Any) -> tuple[list[Child], li
         child = sample.child
         if child is not None and child.source_hash in hashes:
             last = sample.calls[-1]
-            sample.calls[-1] = dataclasses.replace(last, outcome="duplicate", n_programs=0, message=_join(last.message, "the same program as one already proposed"))
+            message = _join(last.message, "the same program as one already proposed")
+            sample.calls[-1] = dataclasses.replace(last, outcome="duplicate", n_programs=0, message=message)
             child = None
         if child is not None:
             hashes.add(child.source_hash)
