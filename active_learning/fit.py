@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special
 
 from active_learning import allocate
 from active_learning.noise import MIN_LOG_SCALE, NoiseModel, dispersion, make_noise
@@ -158,7 +158,7 @@ class Fit:
         """Two-sided quantile for `level`: Student-t with n - p degrees of freedom."""
         dof = self.n_obs - self.theta.size
         tail = 0.5 + 0.5 * self.level
-        return float(stats.t.ppf(tail, dof)) if dof > 0 else float(stats.norm.ppf(tail))
+        return float(special.stdtrit(dof, tail)) if dof > 0 else float(special.ndtri(tail))
 
     def params(self) -> dict[str, Estimate]:
         """The paper's parameters (E, A, B, alpha, beta, ...) with Laplace intervals."""
