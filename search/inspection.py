@@ -67,11 +67,19 @@ def fit_dict(fit: Fit | None) -> dict[str, Any] | None:
             "d_star": fit.d_star, "prob_best": fit.prob_best, "n_runs": fit.n_runs}
 
 
+def _seconds(run: Run) -> float | None:
+    """Wall time of the run: as the evaluator measured it, else from when it was started and finished."""
+    for key in ("wall_s", "stage_wall_s", "train_s"):
+        if isinstance((run.timings or {}).get(key), (int, float)):
+            return float(run.timings[key])
+    return (run.finished_at - run.started_at) if run.finished_at and run.started_at else None
+
+
 def run_dict(run: Run) -> dict[str, Any]:
     return {"id": run.id, "stage": Stage(run.stage).name.lower(), "state": str(run.state),
             "status": None if run.status is None else str(run.status), "n_params": run.n_params or run.n_target,
             "n_tokens": run.n_tokens or run.d_target, "flops": run.flops, "seed": run.seed, "loss": run.final_loss,
-            "seconds": (run.finished_at - run.started_at) if run.finished_at and run.started_at else None,
+            "seconds": _seconds(run),
             "reason": run.reason, "message": run.message}
 
 

@@ -57,11 +57,11 @@ def _c_star(db: sqlite_utils.Database) -> float | None:
     return (campaign.spec.get("target_flops") if campaign else None) or None
 
 
-def _mark_c_star(ax, c_star: float | None, *, vertical: bool = True) -> None:
+def _mark_c_star(ax, c_star: float | None) -> None:
     if c_star:
         ax.axvline(c_star, color="0.3", ls="--", lw=1)
-        ax.annotate(f"C* = {c_star:.2g}", (c_star, 1.0), xycoords=("data", "axes fraction"), xytext=(-4, -4),
-                    textcoords="offset points", ha="right", va="top", fontsize=8, color="0.3")
+        ax.annotate(f"C* = {c_star:.2g}", (c_star, 0.0), xycoords=("data", "axes fraction"), xytext=(-4, 4),
+                    textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.3")
 
 
 def _empty(ax, message: str) -> None:
@@ -190,7 +190,7 @@ def plot_laws(db: sqlite_utils.Database, path: pathlib.Path, k: int = TOP_K) -> 
     ax.set_xlabel(FLOPS_LABEL)
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title("Top candidates: runs (dots) and compute-optimal law out to C*", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     _forest(forest, top, c_star)
     return _save(fig, path)

@@ -75,7 +75,9 @@ def test_config_holds_the_fitted_law_and_agrees_with_the_campaign_ranking(config
     ranking = config["campaign_ranking"]
     assert ranking["rank"] == 1 and ranking["loss_at_c_star"] == pytest.approx(
         config["allocations"]["compute_optimal"]["predicted_loss"], rel=1e-6)  # the same fit, refitted
-    assert config["reproduce"]["val_loss"] > 0 and "--n-params" in config["reproduce"]["command"]
+    rep = config["reproduce"]
+    assert rep["val_loss"] > 0 and rep["cores"] == export.WORKER_CORES  # the recorded runs say nothing else
+    assert rep["command"].startswith("taskset -c 0 python model.py --n-params")
 
 
 def test_the_readme_says_how_the_numbers_were_obtained_and_how_sure_they_are(exported, config):
@@ -129,6 +131,9 @@ def test_the_isolated_runner_really_refuses_this_project(tmp_path):
     script.write_text("import proxy_models.layers\n")
     proc = subprocess.run(export.isolated_command(script, []), cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode != 0 and "must not import proxy_models" in proc.stderr
+    script.write_text("import os\nprint(len(os.sched_getaffinity(0)))\n")
+    proc = subprocess.run(export.isolated_command(script, [], cores=1), cwd=tmp_path, capture_output=True, text=True)
+    assert proc.stdout.strip() == "1"  # as the evaluator's worker: XLA's CPU results depend on the cores
 
 
 # ----------------------------------------------------------------------------- names a program shares with the proxy
