@@ -32,14 +32,27 @@ def connect(path: str | pathlib.Path, *, check_same_thread: bool = True) -> sqli
       sqlite3.DatabaseError: the file is not a SQLite database.
     """
     db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=check_same_thread))
+    db.execute("PRAGMA busy_timeout=10000")  # first: another process may be mid-commit
     if str(path) != ":memory:":
         db.enable_wal()
         # FULL: a commit survives power loss too, and commits are rare (one per result).
         db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA foreign_keys=ON")
-    db.execute("PRAGMA busy_timeout=10000")  # readers (status, Datasette) may hold the file briefly
     migrations.apply(db)
     return db
+
+
+def connect_readonly(path: str | pathlib.Path) -> sqlite_utils.Database:
+    """Open an existing campaign file for reading only, beside a running campaign.
+
+    Raises:
+      FileNotFoundError: there is no such file.
+    """
+    if not pathlib.Path(path).exists():
+        raise FileNotFoundError(f"no campaign database at {path}")
+    conn = sqlite3.connect(f"file:{pathlib.Path(path).resolve()}?mode=ro", uri=True)
+    conn.execute("PRAGMA busy_timeout=10000")
+    return sqlite_utils.Database(conn)
 
 
 @migrations()

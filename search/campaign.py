@@ -6,6 +6,7 @@ Kept apart from ``loop.py`` so the loop stays pure wiring over injected parts.
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ def build_evaluator(spec: CampaignSpec):
     if spec.evaluator.simulate:
         from search.simulate import SimulatedEvaluator
 
-        return SimulatedEvaluator(base, workers=workers)
+        return SimulatedEvaluator(base, workers=workers, delay_s=spec.evaluator.simulate_delay_s)
     from search.evaluate import SandboxEvaluator
 
     return SandboxEvaluator(base, workers, spec.evaluator.memory_gb, spec.proxies.corpus or None, spec.evaluator.timeout_scale)
@@ -33,7 +34,8 @@ def build_evaluator(spec: CampaignSpec):
 
 def build_proposer(spec: CampaignSpec) -> Proposer:
     mutator = MutatorProposer()
-    if spec.proposer.get("kind", "mutator") == "mutator":
+    section = dict(spec.proposer)
+    if not section or section.get("kind") == "mutator":
         return mutator
     from search.llm_propose import build_proposer as build_llm
 
@@ -46,7 +48,7 @@ def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: 
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     path = spec.resolve(spec.database)
     db = schema.connect(path)
-    spec_toml = open(spec.path).read() if spec.path else ""
+    spec_toml = pathlib.Path(spec.path).read_text() if spec.path else ""
     created = open_campaign(spec, db, spec_toml)
     console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}")
     evaluator = evaluator or build_evaluator(spec)
@@ -60,6 +62,8 @@ def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: 
             reason = loop.run()
         finally:
             evaluator.close(cancel=loop.stopping)
+            if hasattr(proposer, "close"):
+                proposer.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
     console.print(summary_text(db, spec.budget.candidates))

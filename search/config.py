@@ -84,12 +84,14 @@ class EvaluatorConfig:
       memory_gb: address-space limit per evaluation.
       timeout_scale: multiplies the cascade's wall-clock limits (slow machines).
       simulate: use the simulated evaluator (synthetic losses from a known law; for dry runs and tests).
+      simulate_delay_s: seconds each simulated stage takes (to test work in flight).
     """
 
     workers: int = 0
     memory_gb: float = 8.0
     timeout_scale: float = 1.0
     simulate: bool = False
+    simulate_delay_s: float = 0.0
 
     def n_workers(self) -> int:
         return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

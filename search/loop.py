@@ -104,6 +104,8 @@ class Loop:
             return f"proxy FLOP budget reached ({spent.flops:.3g} >= {b.proxy_flops:.3g})"
         if b.llm_tokens and spent.tokens_in + spent.tokens_out >= b.llm_tokens:
             return f"language-model token budget reached ({spent.tokens_in + spent.tokens_out} >= {b.llm_tokens})"
+        if getattr(self.proposer, "exhausted", False):
+            return "the proposer's token or cost budget is spent"
         return None
 
     def out_of_time(self) -> bool:

@@ -1,0 +1,153 @@
+"""The campaign loop: replay from a seed, resume after SIGKILL, budgets, clean stops."""
+
+import dataclasses
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from db import query, schema
+from proxy_models.program import seed_source
+from search.campaign import run_campaign
+from search.config import SPEC_TEMPLATE, load_spec
+from search.loop import Loop, open_campaign
+from search.propose import MutatorProposer
+from search.simulate import SimulatedEvaluator
+
+
+def make_spec(root: pathlib.Path, candidates=14, extra=""):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "seed.py").write_text(seed_source("weakened"))
+    (root / "reference.py").write_text(seed_source("reference"))
+    text = SPEC_TEMPLATE.format(name="test", spec_name="campaign.toml")
+    text = text.replace("candidates = 40", f"candidates = {candidates}").replace('compare = []', 'compare = ["reference.py"]')
+    text = text.replace("simulate = false", "simulate = true") + extra
+    (root / "campaign.toml").write_text(text)
+    return load_spec(root / "campaign.toml")
+
+
+def run_loop(spec, evaluator=None, **kw):
+    db = schema.connect(spec.resolve(spec.database))
+    open_campaign(spec, db, "")
+    evaluator = evaluator or SimulatedEvaluator((spec.proxies.base_n, spec.proxies.base_d))
+    loop = Loop(spec, db, evaluator, MutatorProposer(), **kw)
+    try:
+        return loop.run(), db
+    finally:
+        evaluator.close()
+
+
+def committed(db):
+    """What a campaign has committed, independent of ids and times."""
+    programs = {p.id: p for p in query.programs(db)}
+    prog = sorted((p.source_hash, p.status.value, p.stage, p.fingerprint or "") for p in programs.values())
+    runs = sorted(
+        (programs[r.program_id].source_hash, r.stage, r.n_target, r.d_target, r.seed, r.status.value, r.final_loss)
+        for r in query.runs(db) if r.state.value == "done"
+    )
+    return prog, runs
+
+
+def test_same_seed_same_campaign(tmp_path):
+    a_reason, a = run_loop(make_spec(tmp_path / "a"))
+    b_reason, b = run_loop(make_spec(tmp_path / "b"))
+    assert a_reason == b_reason and "candidate budget" in a_reason
+    assert committed(a) == committed(b)
+    assert [p.source for p in query.programs(a)] == [p.source for p in query.programs(b)]
+    assert query.spent(a).candidates == 14
+    assert len(query.best_candidates(a)) >= 10  # every ok candidate has a prediction at C*
+
+
+def test_another_seed_another_campaign(tmp_path):
+    _, a = run_loop(make_spec(tmp_path / "a"))
+    spec = make_spec(tmp_path / "b")
+    _, b = run_loop(dataclasses.replace(spec, seed=1))
+    assert committed(a) != committed(b)
+
+
+def test_killed_campaign_resumes_to_the_same_results(tmp_path):
+    _, reference = run_loop(make_spec(tmp_path / "never-killed"))
+    spec = make_spec(tmp_path / "killed", extra="")
+    text = (tmp_path / "killed" / "campaign.toml").read_text().replace("simulate = true", "simulate = true\nsimulate_delay_s = 0.15")
+    (tmp_path / "killed" / "campaign.toml").write_text(text)
+    cmd = [sys.executable, "-m", "search.cli", "run", str(tmp_path / "killed" / "campaign.toml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db_path = tmp_path / "killed" / "campaign.sqlite"
+    killed_mid_evaluation = False
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if db_path.exists():
+            db = schema.connect_readonly(db_path)
+            try:
+                done = query.spent(db).candidates
+                in_flight = query.pending_programs(db) or [r for r in query.pending_runs(db) if r.state.value == "running"]
+            except sqlite3.OperationalError:  # the tables are still being created
+                done, in_flight = 0, []
+            db.conn.close()
+            if done >= 6 and in_flight:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_mid_evaluation = True
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_mid_evaluation, "the campaign finished before it could be killed"
+    reason, resumed = run_loop(load_spec(tmp_path / "killed" / "campaign.toml"))
+    assert "candidate budget" in reason
+    assert committed(resumed) == committed(reference)
+
+
+def test_budgets_stop_the_run(tmp_path):
+    # candidates = 0 means no limit: a FLOP budget stops it instead
+    spec = make_spec(tmp_path / "f2", candidates=0)
+    spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, proxy_flops=2e13))
+    reason, db = run_loop(spec)
+    assert "proxy FLOP budget" in reason and query.spent(db).flops >= 2e13
+    spec = make_spec(tmp_path / "wall", candidates=0)
+    spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, wall_hours=1.0))
+    ticks = iter(range(0, 10**6, 600))  # each look at the clock is ten minutes later
+    reason, db = run_loop(spec, monotonic=lambda: next(ticks))
+    assert reason == "wall-time budget reached"
+
+
+def test_stop_commits_whole_results_and_resume_finishes(tmp_path):
+    spec = make_spec(tmp_path / "s")
+    loops = []
+
+    def on_event(kind, info):
+        if kind == "candidate" and info["program"] >= 5:
+            loops[0].stop()
+
+    db = schema.connect(spec.resolve(spec.database))
+    open_campaign(spec, db, "")
+    evaluator = SimulatedEvaluator((spec.proxies.base_n, spec.proxies.base_d), delay_s=0.01)
+    loops.append(Loop(spec, db, evaluator, MutatorProposer(), on_event=on_event))
+    assert "stopped on request" in loops[0].run()
+    evaluator.close()
+    for p in query.programs(db):  # every program is either whole (outcome and base run) or pending
+        base = [r for r in query.runs(db, p.id) if r.stage == 2]
+        assert (p.status is None and not base) or p.status is not None
+    _, resumed = run_loop(spec)
+    _, fresh = run_loop(make_spec(tmp_path / "fresh"))
+    assert committed(resumed) == committed(fresh)
+
+
+def test_a_different_seed_program_is_refused(tmp_path):
+    spec = make_spec(tmp_path / "c")
+    run_loop(dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, candidates=3)))
+    (tmp_path / "c" / "seed.py").write_text(seed_source("reference"))
+    with pytest.raises(ValueError, match="holds campaign"):
+        run_loop(spec)
+
+
+def test_run_command_prints_the_ranking(tmp_path, capsys):
+    spec = make_spec(tmp_path / "cli", candidates=6)
+    from search.cli import main
+
+    assert main(["run", str(tmp_path / "cli" / "campaign.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "Ranking by predicted loss at C*" in out and "candidate budget reached" in out
