@@ -113,6 +113,7 @@ class CampaignSpec:
       inference_tokens: tokens the winner will serve (0: compute-optimal, else inference-aware).
       children_per_step: children proposed per step.
       fit_law: scaling law ("chinchilla" or "data-constrained").
+      fit_varying: law parameters that depart per candidate in the pooled fit (the rest are shared).
       budget, proxies, evaluator, population: see their classes.
       proposer: the raw ``[proposer]`` table (``search.llm`` reads it); empty means the mutator.
       path: the spec file (relative paths are resolved against its folder).
@@ -128,6 +129,7 @@ class CampaignSpec:
     inference_tokens: float = 0.0
     children_per_step: int = 2
     fit_law: str = "chinchilla"
+    fit_varying: tuple[str, ...] = ("e", "a", "b")
     budget: BudgetConfig = BudgetConfig()
     proxies: ProxyConfig = ProxyConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
@@ -227,6 +229,7 @@ target_flops = 1e18            # C*: the compute the winner will really be train
 inference_tokens = 0           # > 0: allocate N and D inference-aware (Sardana et al. 2024)
 children_per_step = 2          # programs proposed per step
 fit_law = "chinchilla"         # or "data-constrained"
+fit_varying = ["e", "a", "b"]  # per-candidate departures in the pooled fit; exponents shared
 
 [budget]                       # the campaign stops at the first one reached; 0 = no limit
 candidates = 40                # programs evaluated

@@ -1,31 +1,66 @@
-"""``make demo``: train the reference proxy at two sizes and print their losses.
+"""``make demo``: a short offline campaign from a deliberately weakened seed, then the ranking.
 
-(Grows into a short offline search campaign once the runner lands.)
+The built-in mutator proposes, real proxies are trained on the default corpus
+(the Python standard library's text), the reference recipe is evaluated beside
+the search as a yardstick, and the run ends with the ranking by predicted loss
+at C*. Sized to finish in about ten minutes on two cores.
 """
 
 from __future__ import annotations
 
+import argparse
+import pathlib
+import shutil
 import sys
-import time
+
+DEMO_DIR = pathlib.Path("runs/demo")
+DEMO_OVERRIDES = {
+    "candidates = 40": "candidates = {candidates}",
+    'compare = []': 'compare = ["reference.py"]',
+    "base_n = 1e5": "base_n = 5e4",
+    "base_d = 5e5": "base_d = 2.5e5",
+    "n_min = 5e4": "n_min = 3e4",
+    "n_max = 4e5": "n_max = 1.5e5",
+    "d_max = 2e6": "d_max = 1e6",
+    "scaling_fraction = 0.5": "scaling_fraction = 0.4",
+    "target_flops = 1e18": "target_flops = 1e17",
+}
 
 
-def main() -> int:
+def write_demo(root: pathlib.Path, candidates: int = 16, simulate: bool = False) -> pathlib.Path:
+    """A fresh demo campaign folder: weakened seed, reference yardstick, small proxies."""
     from proxy_models.program import seed_source
-    from proxy_models.run import train_run
+    from search.config import SPEC_TEMPLATE
 
-    source = seed_source("reference")
-    print("Training the reference recipe at two sizes on the default corpus (Python stdlib text).")
-    rows = []
-    for n, d in [(1e5, 5e5), (6e5, 5e5)]:
-        t = time.perf_counter()
-        r = train_run(source, n, d, seed=0, on_progress=None)
-        rows.append(r)
-        print(
-            f"  N={r['n_params']:>8,d} (d_model {r['d_model']:>3}, {r['n_layers']} layers)  D={r['n_tokens']:>9,d}  "
-            f"val loss {r['val_loss']:.4f} nats/byte  [{r['status']}, {r['tokens_per_s']:,.0f} tok/s, "
-            f"{time.perf_counter() - t:.0f}s]"
-        )
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "seed.py").write_text(seed_source("weakened"))
+    (root / "reference.py").write_text(seed_source("reference"))
+    text = SPEC_TEMPLATE.format(name="demo", spec_name=root / "campaign.toml")
+    for old, new in DEMO_OVERRIDES.items():
+        assert old in text, old  # the template and the demo must not drift apart
+        text = text.replace(old, new.format(candidates=candidates))
+    if simulate:
+        text = text.replace("simulate = false", "simulate = true")
+    (root / "campaign.toml").write_text(text)
+    return root / "campaign.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=str(DEMO_DIR), help="where to write the campaign (replaced)")
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--simulate", action="store_true", help="synthetic losses (seconds, not minutes)")
+    args = parser.parse_args(argv)
+
+    from search.campaign import run_campaign
+    from search.config import load_spec
+
+    spec_path = write_demo(pathlib.Path(args.dir), args.candidates, args.simulate)
+    print(f"demo campaign: {spec_path} (weakened seed, built-in mutator, reference recipe as yardstick)")
+    code = run_campaign(load_spec(spec_path))
+    print(f"inspect it: scalesearch status {spec_path.parent / 'campaign.sqlite'}")
+    return code
 
 
 if __name__ == "__main__":

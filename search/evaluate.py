@@ -80,7 +80,7 @@ def run_result(result: EvalResult) -> RunResult:
     versions = m.get("versions") or {}
     curve = tuple((float(p[1]), float(p[2])) for p in m.get("curve") or () if len(p) >= 3)
     keep = ("d_model", "n_layers", "n_heads", "steps", "batch_size", "seq_len", "tokens_per_s", "n_embedding",
-            "flops_per_token_analytic", "flops_per_token_xla", "hyperparameters")
+            "flops_per_token_analytic", "flops_per_token_xla", "hyperparameters", "cores")
     return RunResult(
         status=Status(result.status.value),
         n_params=m.get("n_params"),

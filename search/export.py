@@ -68,7 +68,8 @@ def pooled_fit(db: sqlite_utils.Database, spec: dict):
     from active_learning.pooled import PoolingConfig, fit_pooled
     from search.judge import observations
 
-    return fit_pooled(observations(db), PoolingConfig(law=spec.get("fit_law", "chinchilla"), level=LEVEL))
+    varying = tuple(spec.get("fit_varying", ("e", "a", "b")))
+    return fit_pooled(observations(db), PoolingConfig(law=spec.get("fit_law", "chinchilla"), varying=varying, level=LEVEL))
 
 
 def law_summary(pooled, cand: str) -> dict[str, Any]:

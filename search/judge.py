@@ -54,7 +54,15 @@ def ok_run_count(db: sqlite_utils.Database) -> int:
 
 
 def pooling(spec: CampaignSpec) -> PoolingConfig:
-    return PoolingConfig(law=spec.fit_law)
+    """E and both levels depart per candidate; the exponents are shared.
+
+    With only the levels A and B varying, every candidate's law converges to the
+    shared E at large compute, so the ranking at C* would say nothing about
+    which program is better at scale. Letting E depart too (under a fitted prior)
+    keeps a difference in the floor visible while the pooled exponents still
+    borrow strength across candidates with one or two runs.
+    """
+    return PoolingConfig(law=spec.fit_law, varying=tuple(spec.fit_varying))
 
 
 def fit_round(db: sqlite_utils.Database, spec: CampaignSpec, rng: np.random.Generator) -> Judgement:
@@ -82,7 +90,15 @@ def _intervals(pooled: PooledFit, cand: str) -> dict[str, list[float]]:
     params = pooled.params(cand)
     sd = np.sqrt(np.maximum(np.diag(pooled.candidate_cov(cand)), 0.0))
     q = pooled.quantile
-    return {name: [params[name] - q * s, params[name] + q * s] for name, s in zip(params, sd) if math.isfinite(s)}
+    out = {}
+    for name, s in zip(params, sd):
+        if not math.isfinite(s):
+            continue
+        if name in ("E", "A", "B"):  # the covariance is of log E, log A, log B
+            out[name] = [params[name] * math.exp(-q * s), params[name] * math.exp(q * s)]
+        else:
+            out[name] = [params[name] - q * s, params[name] + q * s]
+    return out
 
 
 def _pooled_record(pooled: PooledFit, n_runs: int) -> Fit:
