@@ -114,7 +114,7 @@ def make_optimizer(hp, total_steps):
 
 def test_a_program_using_every_helper_trains(corpus):
     program = load_program(EVERY_HELPER)
-    result = run(program, corpus, 3e4, 3e4)
+    result = run(program, corpus, 1e5, 3e4)
     assert result.status == "ok" and result.val_loss < math.log(256)
     assert result.n_active < result.n_params  # 2 of 4 experts per token
     assert result.batch_size == 8
