@@ -239,7 +239,7 @@ class Loop:
         parents = [self._parent(pid, score, fits.get(pid)) for pid, score in zip(sample.program_ids, sample.scores)]
         request = ProposalRequest(
             island=sample.island, parents=parents, failures=query.failures(self.db, limit=5, island=sample.island),
-            n_children=self.spec.children_per_step, seen=query.seen_hashes(self.db), evolve=self.spec.evolve,
+            n_children=self._children_wanted(), seen=query.seen_hashes(self.db), evolve=self.spec.evolve,
             target_flops=self.spec.target_flops,
         )
         proposal = self.proposer.propose(request, rng)
@@ -257,6 +257,14 @@ class Loop:
         self.message = proposal.message
         self.on_event("step", {"step": index, "island": sample.island, "children": len(programs),
                                "proposer": proposal.proposer, "message": proposal.message})
+
+    def _children_wanted(self) -> int:
+        """Children for this step, never more than the candidate budget has left."""
+        n, budget = self.spec.children_per_step, self.spec.budget.candidates
+        if budget:
+            pending = len(query.pending_programs(self.db))
+            n = max(1, min(n, budget - query.spent(self.db).candidates - pending))
+        return n
 
     def _parent(self, pid: int, score: float, fit) -> Parent:
         program = query.program(self.db, pid)
