@@ -41,6 +41,7 @@ import ast
 import dataclasses
 import pathlib
 import re
+import threading
 
 from evaluator.result import EvalResult, Status
 
@@ -175,7 +176,19 @@ def repair(source: str) -> tuple[str, tuple[str, ...]]:
     return source, tuple(notes)
 
 
+# CPython 3.11's ast module is not safe to use from two threads at once: its
+# recursion-depth bookkeeping can raise "AST constructor recursion depth
+# mismatch" (gh-106905). Proposers and evaluators call check() from worker
+# threads, so it is serialised.
+_AST_LOCK = threading.Lock()
+
+
 def check(source: str) -> StaticReport:
+    with _AST_LOCK:
+        return _check(source)
+
+
+def _check(source: str) -> StaticReport:
     """Stage 0 on ``source``: repaired source plus every problem found (none means pass)."""
     if len(source.encode("utf-8", "replace")) > MAX_SOURCE_BYTES:
         return StaticReport(source, (Problem(0, f"the program is larger than {MAX_SOURCE_BYTES} bytes"),))

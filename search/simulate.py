@@ -80,8 +80,7 @@ class SimulatedEvaluator:
             time.sleep(self.delay_s)
         return EvalResult(name, status, message, metrics, wall_s=self.delay_s, isolation=self.isolation)
 
-    def _cascade(self, source: str, known_fingerprints, name: str):
-        static, repaired = static_stage(source)
+    def _cascade(self, static, repaired: str, known_fingerprints, name: str):
         if not static.ok:
             return _Outcome(repaired, (static,))
         fingerprint = hashlib.sha256(normalise(repaired).encode()).hexdigest()[:32]
@@ -93,7 +92,8 @@ class SimulatedEvaluator:
         return _Outcome(repaired, (static, smoke, base))
 
     def submit_candidate(self, source, *, known_fingerprints, incumbent_curves, name):
-        return self.pool.submit(self._cascade, source, dict(known_fingerprints), name)
+        static, repaired = static_stage(source)  # in the caller's thread, as the real cascade does
+        return self.pool.submit(self._cascade, static, repaired, dict(known_fingerprints), name)
 
     def submit_run(self, source, n, d, seed, name):
         return self.pool.submit(lambda: self._stage("scaling", Status.OK, _run_metrics(source, n, d, seed)))
