@@ -57,10 +57,14 @@ def count_tree(params) -> ParamCounts:
     return ParamCounts(n_params, n_embedding, int(round(n_params - _inactive(params))))
 
 
+def abstract_params(program: Program, cfg: ModelConfig):
+    """The params pytree's shapes and dtypes, by abstract evaluation of the init (no FLOPs)."""
+    return jax.eval_shape(lambda k: transformer.init_model(program, cfg, k), jax.random.key(0))
+
+
 def count_params(program: Program, cfg: ModelConfig) -> ParamCounts:
     """Counts for ``program`` at shape ``cfg``, by abstract evaluation of the init."""
-    shapes = jax.eval_shape(lambda k: transformer.init_model(program, cfg, k), jax.random.key(0))
-    return count_tree(shapes)
+    return count_tree(abstract_params(program, cfg))
 
 
 def analytic_flops_per_token(counts: ParamCounts, cfg: ModelConfig) -> float:
@@ -87,9 +91,8 @@ def xla_flops_per_token(program: Program, cfg: ModelConfig, params=None) -> floa
     The layer scan is unrolled for this count only: XLA's analysis counts a loop
     body once. Returns None when the backend gives no analysis.
     """
-    key = jax.random.key(0)
     if params is None:
-        params = jax.eval_shape(lambda k: transformer.init_model(program, cfg, k), key)
+        params = abstract_params(program, cfg)
     batch = jax.ShapeDtypeStruct((1, cfg.seq_len + 1), jnp.int32)
 
     def loss(p, b):

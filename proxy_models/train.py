@@ -97,22 +97,31 @@ def _grad_fn(program: Program, cfg: ModelConfig, hp):
     return jax.value_and_grad(loss, has_aux=True)
 
 
+def _update(grad_fn, tx: optax.GradientTransformation, params, opt_state, tokens):
+    """One optimizer step on one batch; returns (params, opt_state, cross-entropy)."""
+    (_, ce), grads = grad_fn(params, tokens)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, ce
+
+
+def _replicate(params, m: int):
+    """``m`` copies of ``params`` on a new leading axis (DiLoCo's replicas)."""
+    return jax.tree.map(lambda g: jnp.broadcast_to(g, (m, *g.shape)), params)
+
+
 def make_adamw_chunk(program: Program, cfg: ModelConfig, hp, tx: optax.GradientTransformation, k: int):
     """``chunk(state, data, key) -> (state, losses[k])``: k optimizer steps, fused."""
     grad_fn, batch = _grad_fn(program, cfg, hp), int(hp["batch_size"])
 
-    def one_step(state, _):
-        params, opt_state, step = state
-        tokens = sample_batch(state_data[0], jax.random.fold_in(state_data[1], step), batch, cfg.seq_len)
-        (_, ce), grads = grad_fn(params, tokens)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, step + 1), ce
-
     def chunk(state, data, key):
-        state_data[:] = [data, key]
+        def one_step(state, _):
+            params, opt_state, step = state
+            tokens = sample_batch(data, jax.random.fold_in(key, step), batch, cfg.seq_len)
+            params, opt_state, ce = _update(grad_fn, tx, params, opt_state, tokens)
+            return (params, opt_state, step + 1), ce
+
         return jax.lax.scan(one_step, state, None, length=k)
 
-    state_data: list = [None, None]
     return chunk
 
 
@@ -128,40 +137,34 @@ def make_diloco_chunk(program: Program, cfg: ModelConfig, hp, inner: optax.Gradi
     grad_fn, outer = _grad_fn(program, cfg, hp), optim.diloco_outer_optimizer(hp)
     per_replica = int(hp["batch_size"]) // m
 
-    def inner_step(params, opt_state, key):
-        tokens = sample_batch(ctx[0], key, per_replica, cfg.seq_len)
-        (_, ce), grads = grad_fn(params, tokens)
-        updates, opt_state = inner.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, ce
-
     def sync(state):
         global_params, outer_state, replicas, inner_states, step = state
         delta = jax.tree.map(lambda g, r: g - jnp.mean(r, axis=0), global_params, replicas)
         updates, outer_state = outer.update(delta, outer_state, global_params)
         global_params = optax.apply_updates(global_params, updates)
-        replicas = jax.tree.map(lambda g: jnp.broadcast_to(g, (m, *g.shape)), global_params)
-        return global_params, outer_state, replicas, inner_states, step
-
-    def one_step(state, _):
-        global_params, outer_state, replicas, inner_states, step = state
-        keys = jax.random.split(jax.random.fold_in(ctx[1], step), m)
-        replicas, inner_states, ce = jax.vmap(inner_step)(replicas, inner_states, keys)
-        state = (global_params, outer_state, replicas, inner_states, step + 1)
-        state = jax.lax.cond((step + 1) % h == 0, sync, lambda s: s, state)
-        return state, jnp.mean(ce)
+        return global_params, outer_state, _replicate(global_params, m), inner_states, step
 
     def chunk(state, data, key):
-        ctx[:] = [data, key]
+        def inner_step(params, opt_state, replica_key):
+            return _update(grad_fn, inner, params, opt_state, sample_batch(data, replica_key, per_replica, cfg.seq_len))
+
+        def one_step(state, _):
+            global_params, outer_state, replicas, inner_states, step = state
+            keys = jax.random.split(jax.random.fold_in(key, step), m)
+            replicas, inner_states, ce = jax.vmap(inner_step)(replicas, inner_states, keys)
+            state = (global_params, outer_state, replicas, inner_states, step + 1)
+            state = jax.lax.cond((step + 1) % h == 0, sync, lambda s: s, state)
+            return state, jnp.mean(ce)
+
         return jax.lax.scan(one_step, state, None, length=k)
 
-    ctx: list = [None, None]
     return chunk
 
 
 def init_state(program: Program, cfg: ModelConfig, hp, tx, params):
     if hp["optimizer"] == "diloco":
         m = int(hp["diloco_replicas"])
-        replicas = jax.tree.map(lambda g: jnp.broadcast_to(g, (m, *g.shape)), params)
+        replicas = _replicate(params, m)
         inner_states = jax.vmap(tx.init)(replicas)
         return (params, optim.diloco_outer_optimizer(hp).init(params), replicas, inner_states, jnp.int32(0))
     return (params, tx.init(params), jnp.int32(0))

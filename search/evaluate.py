@@ -63,11 +63,9 @@ class SandboxEvaluator:
         return self.cascade.submit_scaling_run(source, self._point(int(n), int(d), int(seed)), name=name)
 
     def close(self, cancel: bool = False) -> None:
-        shutdown = self.executor.shutdown
-        try:
-            shutdown(cancel=cancel)  # type: ignore[call-arg]
-        except TypeError:
-            shutdown()
+        # LocalExecutor has no cancellation: its shutdown waits for jobs in flight
+        # (abandoned by the loop after a stop, so their results are not recorded).
+        self.executor.shutdown()
 
 
 def _finite(x: Any) -> float | None:

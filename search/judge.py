@@ -23,6 +23,7 @@ from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
 from active_learning.scaling_law import Observation
 from db import query
 from db.rows import Fit, Run, Stage, State, Status
+from search import population
 from search.config import CampaignSpec
 
 MIN_POOLED_RUNS = 3  # below this the pooled law is a guess, so the loop waits for more runs
@@ -50,7 +51,10 @@ def observations(db: sqlite_utils.Database) -> dict[str, list[Observation]]:
 
 
 def ok_run_count(db: sqlite_utils.Database) -> int:
-    return sum(len(v) for v in observations(db).values())
+    """How many runs ``observations`` would return, counted in SQL (the loop asks every turn)."""
+    sql = """SELECT COUNT(*) FROM runs WHERE state = 'done' AND status = 'ok'
+             AND final_loss > 0 AND n_params > 0 AND n_tokens > 0"""
+    return db.execute(sql).fetchone()[0]
 
 
 def pooling(spec: CampaignSpec) -> PoolingConfig:
@@ -153,6 +157,4 @@ def plan_scaling_runs(
 
 def scores_from(predicted: Mapping[int, float], base_losses: Mapping[int, float]) -> dict[int, float]:
     """Population scores: predicted loss at C*, else the base loss shifted onto that scale."""
-    from search.population import scores as combine
-
-    return combine(dict(predicted), dict(base_losses))
+    return population.scores(dict(predicted), dict(base_losses))

@@ -32,7 +32,7 @@ import numpy as np
 import sqlite_utils
 
 from db import query, record
-from db.rows import Campaign, Program, Registration, Run, Stage, State, Status, Step
+from db.rows import Campaign, Program, Prompt, Registration, Run, Stage, Status, Step
 from search import judge
 from search.config import CampaignSpec
 from search.evaluate import Evaluator, final_stage, run_result
@@ -243,8 +243,6 @@ class Loop:
             target_flops=self.spec.target_flops,
         )
         proposal = self.proposer.propose(request, rng)
-        from db.rows import Prompt
-
         programs = [
             Program(source=c.source, blocks=blocks(c.source), parent_ids=tuple(c.parent_ids), island=sample.island,
                     proposer=proposal.proposer, source_hash=c.source_hash or source_hash(c.source), note=c.note)
