@@ -68,7 +68,7 @@ def bench_config(program, corpus, d_model: int, n_layers: int, seq_len: int, bat
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=128, help="context length (campaign default 128)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per config")
     parser.add_argument("--steps-per-call", type=int, default=8)

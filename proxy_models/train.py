@@ -195,6 +195,12 @@ def _check_diloco(hp) -> None:
         raise ValueError(f"DiLoCo needs replicas >= 1 dividing batch_size ({batch}) and inner steps >= 1, got M={m}")
 
 
+# LLVM at -O2 instead of XLA's default -O3: the dots run in library kernels either
+# way, and the generated elementwise loops ran as fast, while the compile of a
+# four-layer proxy took 20-25% less time (0.5-0.6 s on 2 cores).
+TRAIN_COMPILER_OPTIONS = {"xla_backend_optimization_level": 2}
+
+
 def compile_chunk(program: Program, cfg: ModelConfig, hp, total_steps: int, k: int, params, corpus: Corpus, key):
     """Build the optimizer and compile the fused k-step call; returns (compiled, state, data, seconds)."""
     tx = build_optimizer(program, hp, total_steps)
@@ -206,7 +212,7 @@ def compile_chunk(program: Program, cfg: ModelConfig, hp, total_steps: int, k: i
     state = init_state(program, cfg, hp, tx, params)
     data = jnp.asarray(corpus.train)
     t0 = time.perf_counter()
-    compiled = jax.jit(chunk, donate_argnums=0).lower(state, data, key).compile()
+    compiled = jax.jit(chunk, donate_argnums=0).lower(state, data, key).compile(TRAIN_COMPILER_OPTIONS)
     return compiled, state, data, time.perf_counter() - t0
 
 

@@ -40,6 +40,18 @@ def test_scanned_and_unrolled_layers_agree(reference, params, batch):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_default_unroll_covers_a_partial_last_iteration(reference):
+    # 6 layers at 4 per scan iteration: one full iteration and a remainder of two.
+    deep = ModelConfig(d_model=64, n_layers=6, n_heads=1, seq_len=16)
+    assert transformer.layer_unroll(deep.n_layers) == transformer.UNROLL_LAYERS == 4
+    assert transformer.layer_unroll(2) == 2
+    p = transformer.init_model(reference, deep, jax.random.key(2))
+    tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, 256)
+    a, _ = transformer.forward(reference, deep, p, tokens)
+    b, _ = transformer.forward(reference, deep, p, tokens, unroll=1)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_forward_is_causal(reference, params, batch):
     logits, _ = transformer.forward(reference, CFG, params, batch[:, :-1])
     changed = batch.at[:, 20].set((batch[:, 20] + 1) % 256)
