@@ -1,6 +1,7 @@
 """Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
 
-Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S]`.
+Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S] [--max-seeds M]
+[--prediction-weight W]`.
 
 Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
 best at the base run is not the best at C*), with 1% log-normal seed noise on
@@ -8,7 +9,9 @@ every run. Every design sees the same truths and the same noise: run j of
 candidate k at pool point m always draws the same noise, whichever design asks
 for it. Every design starts from the same base run per candidate, is fitted with
 the same pooled model, and is scored at the same FLOP budgets (fractions of the
-full grid's FLOPs):
+full grid's FLOPs). The grid and random designs run each (candidate, point) at most
+once; active learning may rerun a point with a new seed, up to al_max_seeds runs.
+The scores:
 
   mare       mean over candidates of |L_hat*(C*) - L*(C*)| / L*(C*)
   pick_rate  fraction of repeats whose predicted best is the true best at C*
@@ -36,9 +39,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from active_learning import allocate
-from active_learning.choose import choose_next_runs, grid_design, random_design
+from active_learning.baselines import grid_design, random_design
+from active_learning.choose import choose_next_runs
 from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
+
+
+NOISE_DRAWS = 16  # independent seeds per (candidate, point); a 17th run would repeat the first's noise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,10 @@ class BenchConfig:
       al_steps: cumulative budgets at which active learning refits and chooses again.
       repeats: simulated campaigns.
       pooling: the fit every design uses.
+      al_max_seeds: runs (seeds) active learning may make per candidate and pool point, in all.
+        A few seeds, as a campaign would rerun a proxy; never more than the simulator's
+        independent noise draws per point.
+      al_prediction_weight: choose_next_runs' weight of the predictions' error against the decision.
     """
 
     n_candidates: int = 8
@@ -77,6 +88,8 @@ class BenchConfig:
     al_steps: tuple[float, ...] = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
     repeats: int = 40
     pooling: PoolingConfig = PoolingConfig(varying=("e", "a", "b", "alpha", "beta"))
+    al_max_seeds: int = 4
+    al_prediction_weight: float = 1.0
 
     def pool(self) -> list[tuple[float, float]]:
         return [(float(n), float(n * r)) for n in np.geomspace(self.n_min, self.n_max, self.n_sizes)
@@ -128,7 +141,7 @@ def simulate_campaign(cfg: BenchConfig, rng: np.random.Generator) -> Campaign:
         if np.argmin(at_base) != np.argmin(opt) and second - best >= math.log1p(cfg.min_margin):
             break
     names = tuple(f"cand{k}" for k in range(cfg.n_candidates))
-    noise = rng.standard_normal((cfg.n_candidates, len(cfg.pool()) + 1, 16))
+    noise = rng.standard_normal((cfg.n_candidates, len(cfg.pool()) + 1, NOISE_DRAWS))
     return Campaign(names, theta, opt, noise)
 
 
@@ -148,6 +161,11 @@ class Runs:
         for c in campaign.names:
             runs.add(c, *cfg.base_point)
         return runs
+
+    def done(self) -> dict[tuple[str, float, float], int]:
+        """Runs made so far per (candidate, N, D) pool point."""
+        pool = self.cfg.pool()
+        return {(self.campaign.names[k], *pool[m]): j for (k, m), j in self.counts.items() if m < len(pool)}
 
     def add(self, candidate: str, n: float, d: float) -> None:
         k = self.campaign.names.index(candidate)
@@ -193,7 +211,9 @@ def _active_learning(campaign: Campaign, cfg: BenchConfig, rng: np.random.Genera
     for step in sorted(set(cfg.al_steps) | set(cfg.budgets)):
         remaining = step * cfg.grid_flops - runs.flops
         if remaining > 0:
-            for c, n, d in choose_next_runs(fit, cfg.pool(), cfg.target_flops, remaining, rng):
+            for c, n, d in choose_next_runs(fit, cfg.pool(), cfg.target_flops, remaining, rng,
+                                            max_seeds=cfg.al_max_seeds, done=runs.done(),
+                                            prediction_weight=cfg.al_prediction_weight):
                 runs.add(c, n, d)
             fit = fit_pooled(runs.by_candidate, cfg.pooling)
         if step in cfg.budgets:
@@ -257,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="simulated campaigns (default 40, quick 6)")
     parser.add_argument("--workers", type=int, default=2, help="processes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-seeds", type=int, default=None, help="active learning's seeds per point (default 4)")
+    parser.add_argument("--prediction-weight", type=float, default=None,
+                        help="active learning's weight of prediction error against the decision (default 1)")
     args = parser.parse_args(argv)
     cfg = BenchConfig()
     if args.quick:
@@ -264,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   al_steps=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
     if args.repeats is not None:
         cfg = dataclasses.replace(cfg, repeats=args.repeats)
+    if args.max_seeds is not None:
+        if not 1 <= args.max_seeds <= NOISE_DRAWS:
+            parser.error(f"--max-seeds must be in [1, {NOISE_DRAWS}]")
+        cfg = dataclasses.replace(cfg, al_max_seeds=args.max_seeds)
+    if args.prediction_weight is not None:
+        cfg = dataclasses.replace(cfg, al_prediction_weight=args.prediction_weight)
     seeds = np.random.SeedSequence(args.seed).spawn(cfg.repeats)
     start = time.time()
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:

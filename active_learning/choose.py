@@ -10,18 +10,21 @@ and s = Cov(g, y) / sd(y), whatever the outcome turns out to be.
 The uncertainty of the decision "which candidate is best at C*" is measured by
 its Bayes risk, the expected regret E[min_k g_k] - min_k E[g_k] is reduced, in
 expectation, by the knowledge gradient E[max_k(-g_k - s_k Z)] - max_k(-g_k)
-(Frazier, Powell & Dayanik 2009). Runs are picked greedily by knowledge
-gradient per FLOP; after each pick the covariance is updated as if the run had
-been observed (the update does not depend on y), so a batch spreads out.
+(Frazier, Powell & Dayanik 2009). The campaign also reports every candidate's
+predicted loss at C*, so a run is also worth the expected absolute error of those
+predictions it removes, sqrt(2/pi) (sd_k - sd_k after the run), averaged over
+candidates: both terms are in log-loss units and their sum is one expected loss.
+With pooled fits a run on one candidate also informs the shared parameters, so
+it counts towards every candidate's prediction. Runs are picked greedily by that
+value per FLOP; after each pick the covariance is updated as if the run had been
+observed (the update does not depend on y), so a batch spreads out.
 
-Also here: the single-law version (largest reduction of Var(g) per FLOP), and
-the baselines, a full grid, random points and an IsoFLOP design.
+Also here: the single-law version (largest reduction of Var(g) per FLOP). The
+baselines (grid, random, IsoFLOP) are in baselines.py and re-exported here.
 
 References:
   Frazier, Powell & Dayanik 2009, "The knowledge-gradient policy for correlated normal beliefs".
-  Hoffmann et al. 2022, sec. 3.2 (IsoFLOP profiles, Approach 2).
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -32,13 +35,14 @@ import numpy as np
 from scipy import special
 
 from active_learning import allocate
+from active_learning.baselines import ExperimentPoint, PoolPoint, grid_design, isoflop_design, random_design
 from active_learning.fit import Fit
 from active_learning.pooled import PooledFit, PoolingConfig, RunsByCandidate, fit_pooled
 from active_learning.scaling_law import Features, Reparam, ScalingLaw
 from active_learning.threads import one_blas_thread
 
-ExperimentPoint = tuple[str, float, float]  # (candidate id, N, D)
-PoolPoint = tuple[float, float]  # (N, D)
+__all__ = ["Belief", "ExperimentPoint", "PoolPoint", "choose_for_single_law", "choose_next_runs", "grid_design",
+           "isoflop_design", "knowledge_gradient", "random_design"]
 KG_FLOOR = 1e-12  # below this the decision is settled and design falls back to variance reduction
 
 
@@ -170,6 +174,12 @@ class _Design:
         own = np.einsum("kma,kakb,kmb->km", self.jac, c, self.jac)
         return cross, own + self.belief.noise_var
 
+    def target_var(self) -> np.ndarray:
+        """Var(g_l) under the current covariance [K]."""
+        k, p = self.grads.shape
+        c = self.cov.reshape(k, p, k, p)
+        return np.einsum("la,lalb,lb->l", self.grads, c, self.grads)
+
     def observe(self, k: int, m: int) -> None:
         """Condition the covariance on a planned run (the update does not depend on its outcome)."""
         kk, p = self.grads.shape
@@ -213,6 +223,9 @@ def choose_next_runs(
     inference_tokens: float = 0.0,
     candidates: Sequence[str] | None = None,
     allow_repeats: bool = False,
+    max_seeds: int = 1,
+    done: Mapping[ExperimentPoint, int] | None = None,
+    prediction_weight: float = 1.0,
 ) -> list[ExperimentPoint]:
     """The next runs, for whichever candidates, that most reduce the decision's uncertainty per FLOP.
 
@@ -225,9 +238,13 @@ def choose_next_runs(
       config: pooling settings, used only when runs are given.
       inference_tokens: inference tokens for inference-aware allocation at C* (0: none).
       candidates: restrict proposals to these candidates (default: all).
-      allow_repeats: whether a batch may hold the same (candidate, N, D) twice. Off by default:
-        per FLOP, the linear-Gaussian model would otherwise repeat the cheapest run many times,
-        trusting the law's form at the smallest scale more than a campaign should.
+      allow_repeats: whether a batch may hold the same (candidate, N, D) without limit.
+      max_seeds: otherwise, at most this many runs (seeds) per (candidate, N, D), counting `done`.
+        1 by default: per FLOP, the linear-Gaussian model would otherwise repeat the cheapest run
+        many times, trusting the law's form at the smallest scale more than a campaign should.
+      done: runs already made per (candidate, N, D), counted against max_seeds.
+      prediction_weight: weight of the predictions' expected absolute error (mean over
+        candidates) against the decision's expected regret; 0 values the decision alone.
 
     Returns:
       (candidate, N, D) triples in the order chosen; their FLOPs sum to at most flop_budget.
@@ -236,27 +253,50 @@ def choose_next_runs(
     belief = _as_belief(fit_or_runs, config)
     g, grads = belief.target(target_flops, inference_tokens)
     jac, cost = belief.observations(pool)
-    allowed = np.ones(len(belief.candidates), dtype=bool)
-    if candidates is not None:
-        allowed = np.isin(np.array(belief.candidates), list(candidates))
     design = _Design(belief, grads, jac, cost, belief.cov.copy())
+    seeds_left = _seeds_left(belief.candidates, pool, candidates, math.inf if allow_repeats else max_seeds, done)
     jitter = 1.0 + 1e-9 * rng.random(cost.shape)
-    available = np.repeat(allowed[:, None], len(pool), axis=1)
     chosen, spent = [], 0.0
-    while True:
-        affordable = (cost <= flop_budget - spent) & available
-        if not affordable.any():
-            return chosen
-        cross, var = design.moments()
-        value = _gains(g, (cross / np.sqrt(var)[..., None]).reshape(-1, len(g))).reshape(cost.shape)
-        if value[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction instead
-            value = cross[:, :, int(np.argmin(g))] ** 2 / var
+    while (affordable := (cost <= flop_budget - spent) & (seeds_left > 0)).any():
+        value = _acquisition(design, g, prediction_weight, affordable)
         score = np.where(affordable, value / cost * jitter, -np.inf)
         k, m = np.unravel_index(int(np.argmax(score)), score.shape)
         design.observe(k, m)
         spent += float(cost[k, m])
-        available[k, m] = allow_repeats
+        seeds_left[k, m] -= 1
         chosen.append((belief.candidates[k], float(pool[m][0]), float(pool[m][1])))
+    return chosen
+
+
+def _seeds_left(names: Sequence[str], pool: Sequence[PoolPoint], allowed: Sequence[str] | None, max_seeds: float,
+                done: Mapping[ExperimentPoint, int] | None) -> np.ndarray:
+    """Runs each (candidate, pool point) may still receive [K, M]; 0 for candidates not allowed."""
+    left = np.full((len(names), len(pool)), float(max_seeds))
+    if allowed is not None:
+        left[~np.isin(np.array(names), list(allowed))] = 0.0
+    for (c, n, d), count in (done or {}).items():
+        if c in names and (n, d) in pool:
+            left[names.index(c), pool.index((n, d))] -= count
+    return left
+
+
+def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affordable: np.ndarray) -> np.ndarray:
+    """Expected reduction of regret plus weighted mean absolute prediction error, per proposal [K, M].
+
+    A run that moves the posterior mean of g by s Z cuts the Bayes risk of the decision by the
+    knowledge gradient (Frazier, Powell & Dayanik 2009) and shrinks each Var(g_l) by s_l^2; a
+    Gaussian's expected absolute error is sqrt(2/pi) sd, so both terms are in log-loss units.
+    """
+    cross, var = design.moments()
+    s = cross / np.sqrt(var)[..., None]  # [K, M, K]
+    value = _gains(g, s.reshape(-1, len(g))).reshape(var.shape)
+    if prediction_weight > 0:
+        v = design.target_var()
+        sd_after = np.sqrt(np.maximum(v - s**2, 0.0))
+        value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(v) - sd_after, axis=-1)
+    elif value[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction instead
+        value = cross[:, :, int(np.argmin(g))] ** 2 / var
+    return value
 
 
 @one_blas_thread
@@ -283,70 +323,3 @@ def choose_for_single_law(fit: Fit, pool: Sequence[PoolPoint], target_flops: flo
         spent += float(cost[k, m])
         chosen.append((float(pool[m][0]), float(pool[m][1])))
     return chosen
-
-
-# ---------------------------------------------------------------------------- baselines
-
-
-def _van_der_corput_order(n: int) -> list[int]:
-    """A coarse-to-fine order of n indices (bit-reversal), so any prefix is spread out."""
-    bits = max(1, math.ceil(math.log2(max(n, 2))))
-    keys = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(2**bits)]
-    return [i for _, i in sorted(zip(keys, range(2**bits))) if i < n]
-
-
-def _flops(model: allocate.FlopsModel, point: PoolPoint) -> float:
-    return float(model.per_token(point[0]) * point[1])
-
-
-def grid_design(candidates: Sequence[str], pool: Sequence[PoolPoint], flop_budget: float | None = None, *,
-                flops_models: Mapping[str, allocate.FlopsModel] | None = None) -> list[ExperimentPoint]:
-    """Every pool point for every candidate; under a budget, a coarse-to-fine prefix, round-robin.
-
-    The prefix visits pool points in bit-reversed order, the same order for every
-    candidate, and stops when the next run would exceed the budget.
-    """
-    models = flops_models or {}
-    order = _van_der_corput_order(len(pool))
-    out, spent = [], 0.0
-    for m in order:
-        for c in candidates:
-            cost = _flops(models.get(c, allocate.FlopsModel()), pool[m])
-            if flop_budget is not None and spent + cost > flop_budget:
-                return out
-            out.append((c, float(pool[m][0]), float(pool[m][1])))
-            spent += cost
-    return out
-
-
-def random_design(candidates: Sequence[str], pool: Sequence[PoolPoint], flop_budget: float,
-                  rng: np.random.Generator, *,
-                  flops_models: Mapping[str, allocate.FlopsModel] | None = None) -> list[ExperimentPoint]:
-    """Uniformly random (candidate, pool point) pairs without replacement until the budget is spent."""
-    models = flops_models or {}
-    pairs = [(c, m) for c in candidates for m in range(len(pool))]
-    out, spent = [], 0.0
-    for i in rng.permutation(len(pairs)):
-        c, m = pairs[i]
-        cost = _flops(models.get(c, allocate.FlopsModel()), pool[m])
-        if spent + cost <= flop_budget:
-            out.append((c, float(pool[m][0]), float(pool[m][1])))
-            spent += cost
-    return out
-
-
-def isoflop_design(budgets: Sequence[float], n_min: float, n_max: float, points_per_budget: int = 7, *,
-                   flops_per_param_token: float = 6.0) -> list[PoolPoint]:
-    """Chinchilla's Approach-2 design: for each budget C, N log-spaced in [n_min, n_max] and D = C / (6N).
-
-    Points whose D would fall below N (fewer than one token per parameter) are dropped.
-    """
-    if not (0 < n_min < n_max) or points_per_budget < 3:
-        raise ValueError("isoflop_design needs 0 < n_min < n_max and at least 3 points per budget")
-    out = []
-    for c in budgets:
-        for n in np.geomspace(n_min, n_max, points_per_budget):
-            d = c / (flops_per_param_token * n)
-            if d >= n:
-                out.append((float(n), float(d)))
-    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from active_learning import bench
 
@@ -39,3 +40,21 @@ def test_simulated_laws_cross():
     x = bench.Features.from_arrays([cfg.base_point[0]], [cfg.base_point[1]])
     at_base = bench.Chinchilla().log_loss(campaign.theta, x)[:, 0]
     assert int(np.argmin(at_base)) != int(np.argmin(campaign.true_optimum))
+
+
+def test_runs_count_seeds_per_pool_point_for_the_seed_cap():
+    cfg = bench.BenchConfig()
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(0))
+    runs = bench.Runs.start(campaign, cfg)
+    n, d = cfg.pool()[3]
+    runs.add("cand1", n, d)
+    runs.add("cand1", n, d)
+    base = {(c, *cfg.base_point): 1 for c in campaign.names}  # the base run is a pool point's first seed
+    assert cfg.base_point in cfg.pool()
+    assert runs.done() == base | {("cand1", n, d): 2}
+    assert runs.by_candidate["cand1"][1].loss != runs.by_candidate["cand1"][2].loss  # a new seed, new noise
+
+
+def test_the_seed_cap_cannot_exceed_the_simulated_noise_draws():
+    with pytest.raises(SystemExit):
+        bench.main(["--max-seeds", str(bench.NOISE_DRAWS + 1)])

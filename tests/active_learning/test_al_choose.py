@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from active_learning.choose import (choose_for_single_law, choose_next_runs, grid_design, isoflop_design,
-                                    knowledge_gradient, random_design)
+from active_learning.choose import (Belief, _Design, choose_for_single_law, choose_next_runs, grid_design,
+                                    isoflop_design, knowledge_gradient, random_design)
 from active_learning.fit import FitConfig, fit_law
 from active_learning.pooled import fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022
@@ -53,6 +53,45 @@ def test_the_next_run_goes_to_the_uncertain_contender(rng, chinchilla_runs, isof
     pool = [(n, 1e18 / (6 * n)) for n in (2e7, 4e7, 8e7)]
     chosen = choose_next_runs(fit, pool, TARGET, 1e18, np.random.default_rng(0))
     assert [c for c, _, _ in chosen] == ["rival"]
+
+
+def test_the_design_tracks_the_fits_predictive_variance_at_the_target(rng, chinchilla_runs, isoflop_points):
+    # Invariant: before any planned run, the design's Var(g_k) is the pooled fit's own delta-method variance.
+    fit = fit_pooled(_campaign(rng, chinchilla_runs, isoflop_points))
+    belief = Belief.from_pooled(fit)
+    _, grads = belief.target(TARGET)
+    jac, cost = belief.observations([(1e7, 2e8)])
+    design = _Design(belief, grads, jac, cost, belief.cov.copy())
+    _, cov, _, _ = fit.target_moments(TARGET)
+    np.testing.assert_allclose(design.target_var(), np.diag(cov), rtol=1e-6)
+    design.observe(2, 0)  # planning a run of the rival can only shrink every variance
+    assert np.all(design.target_var() <= np.diag(cov) * (1 + 1e-9))
+
+
+def test_once_the_decision_is_settled_runs_go_to_the_least_certain_prediction(rng, chinchilla_runs, isoflop_points):
+    # The leader is far ahead (E 35% lower) of two equally poor candidates, so no run can change the
+    # decision (its knowledge gradient is ~1e-9); one of the two has a single run, so its predicted loss at C* is by far the least certain.
+    n, d = isoflop_points(per_budget=5)
+    loser = HOFFMANN_2022 + np.array([0.3, 1.0, 1.0, 0.0, 0.0])
+    runs = {"leader": chinchilla_runs(HOFFMANN_2022 - np.array([0.3, 0.0, 0.0, 0.0, 0.0]), n, d, 0.01, rng),
+            "measured": chinchilla_runs(loser, n, d, 0.01, rng),
+            "unmeasured": chinchilla_runs(loser, n[:1], d[:1], 0.01, rng)}
+    fit = fit_pooled(runs)
+    pool = [(n, 1e18 / (6 * n)) for n in (2e7, 4e7, 8e7)]
+    both = choose_next_runs(fit, pool, TARGET, 1e18, np.random.default_rng(0))
+    assert [c for c, _, _ in both] == ["unmeasured"]
+
+
+def test_seeds_per_point_are_capped_counting_the_runs_already_made(rng, chinchilla_runs, isoflop_points):
+    runs = _campaign(rng, chinchilla_runs, isoflop_points)
+    pool = [(1e7, 1e8), (2e7, 4e8)]
+    budget = 40 * 6 * 2e7 * 4e8  # far more than the cap lets a batch spend
+    chosen = choose_next_runs(runs, pool, TARGET, budget, np.random.default_rng(0), max_seeds=3,
+                              done={("rival", 1e7, 1e8): 2})
+    counts = {key: chosen.count(key) for key in set(chosen)}
+    assert counts.get(("rival", 1e7, 1e8), 0) <= 1
+    assert max(counts.values()) == 3  # repeats do happen up to the cap: the cheap point is worth a second seed
+    assert len(chosen) <= 3 * 6 - 2
 
 
 def test_a_batch_respects_the_budget_and_the_candidate_filter(rng, chinchilla_runs, isoflop_points):
