@@ -49,7 +49,7 @@ def measure(db) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", type=int, default=16, help="demo budget (a longer campaign: more)")
+    parser.add_argument("--candidates", type=int, default=32, help="demo budget (a longer campaign: more)")
     parser.add_argument("--dir", default="runs/bench")
     parser.add_argument("--simulate", action="store_true", help="synthetic losses (plumbing check only)")
     args = parser.parse_args(argv)

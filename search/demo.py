@@ -18,16 +18,14 @@ DEMO_OVERRIDES = {
     "candidates = 40": "candidates = {candidates}",
     'compare = []': 'compare = ["reference.py"]',
     "base_n = 1e5": "base_n = 5e4",
-    "base_d = 5e5": "base_d = 2.5e5",
     "n_min = 5e4": "n_min = 3e4",
     "n_max = 4e5": "n_max = 1.5e5",
-    "d_max = 2e6": "d_max = 1e6",
-    "scaling_fraction = 0.5": "scaling_fraction = 0.4",
+    "d_max = 2e6": "d_max = 4e6",
     "target_flops = 1e18": "target_flops = 1e17",
 }
 
 
-def write_demo(root: pathlib.Path, candidates: int = 16, simulate: bool = False) -> pathlib.Path:
+def write_demo(root: pathlib.Path, candidates: int = 32, simulate: bool = False) -> pathlib.Path:
     """A fresh demo campaign folder: weakened seed, reference yardstick, small proxies."""
     from proxy_models.program import seed_source
     from search.config import SPEC_TEMPLATE
@@ -49,7 +47,7 @@ def write_demo(root: pathlib.Path, candidates: int = 16, simulate: bool = False)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=str(DEMO_DIR), help="where to write the campaign (replaced)")
-    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--candidates", type=int, default=32)
     parser.add_argument("--simulate", action="store_true", help="synthetic losses (seconds, not minutes)")
     args = parser.parse_args(argv)
 

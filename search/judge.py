@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -142,17 +143,32 @@ def plan_scaling_runs(
     cheapest = min(6 * n * d for n, d in p.pool())
     if budget < cheapest:
         return []
-    done = {(r.program_id, round(r.n_target or 0), round(r.d_target or 0)) for r in query.runs(db)}
-    chosen = choose_next_runs(judgement.pooled, p.pool(), spec.target_flops, budget, rng,
-                              inference_tokens=spec.inference_tokens, candidates=[str(c) for c in eligible])
+    pool = p.pool()
+    made = _runs_per_point(db, pool)
+    # A point a candidate was already given (planned, made, or failed there:
+    # some programs cannot be shaped to the smallest N) is not offered again.
+    chosen = choose_next_runs(judgement.pooled, pool, spec.target_flops, budget, rng,
+                              inference_tokens=spec.inference_tokens, candidates=[str(c) for c in eligible],
+                              done=made)
     runs = []
     for cand, n, d in chosen[: p.runs_per_round]:
-        seed = sum(1 for key in done if key == (int(cand), round(n), round(d)))  # a repeat gets a new seed
+        seed = made.get((cand, n, d), 0)  # a repeat gets a new seed
         runs.append(Run(program_id=int(cand), stage=int(Stage.SCALING), n_target=n, d_target=d, seed=seed,
                         reason="active learning: most reduces uncertainty of the best at C* per FLOP"))
     return runs
 
 
+
+
+def _runs_per_point(db: sqlite_utils.Database, pool: Sequence[tuple[float, float]]) -> Counter:
+    """Runs in any state per (candidate id as text, pool N, pool D)."""
+    index = {(round(n), round(d)): (n, d) for n, d in pool}
+    made: Counter = Counter()
+    for r in query.runs(db):
+        point = index.get((round(r.n_target or 0), round(r.d_target or 0)))
+        if point is not None:
+            made[(str(r.program_id), *point)] += 1
+    return made
 
 
 def scores_from(predicted: Mapping[int, float], base_losses: Mapping[int, float]) -> dict[int, float]:

@@ -296,13 +296,16 @@ def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str,
         programs.append(Program(source=text, blocks=blocks(text), proposer="compare", source_hash=source_hash(text),
                                 note=f"comparison: {path}"))
     record.record_step(db, Step(proposer="seed"), programs, clock=clock)
-    # The seed's initial design: two corners of the proxy box beside its base
-    # run, so that the first pooled fit has a slope in N and in D to start from.
+    # The initial design: two corners of the proxy box beside the base run, for
+    # the seed and for every comparison program, so that the first pooled fit has
+    # a slope in N and in D to start from and the yardsticks the ranking is read
+    # against are measured as well as the seed (one base run cannot show a
+    # recipe's data efficiency, which is where recipes differ most).
     p = spec.proxies
-    seed_id = query.programs(db)[0].id
     corners = [(p.n_max, p.d_min), (p.n_min, p.d_max)]
-    record.plan_runs_with_fits(db, [], [Run(program_id=seed_id, stage=int(Stage.SCALING), n_target=n, d_target=d,
-                                            reason="initial design") for n, d in corners], clock=clock)
+    runs = [Run(program_id=prog.id, stage=int(Stage.SCALING), n_target=n, d_target=d, reason="initial design")
+            for prog in query.programs(db) for n, d in corners]
+    record.plan_runs_with_fits(db, [], runs, clock=clock)
     return True
 
 

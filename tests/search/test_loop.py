@@ -12,11 +12,13 @@ import time
 import pytest
 
 from db import query, schema
+from db.rows import Stage
 from proxy_models.program import seed_source
 from search.campaign import run_campaign
 from search.config import SPEC_TEMPLATE, load_spec
 from search.loop import Loop, open_campaign
 from search.propose import MutatorProposer
+from evaluator.result import Status
 from search.simulate import SimulatedEvaluator
 
 
@@ -151,3 +153,36 @@ def test_run_command_prints_the_ranking(tmp_path, capsys):
     assert main(["run", str(tmp_path / "cli" / "campaign.toml")]) == 0
     out = capsys.readouterr().out
     assert "Ranking by predicted loss at C*" in out and "candidate budget reached" in out
+
+
+class _SmallestNFails(SimulatedEvaluator):
+    """Scaling runs at the box's smallest N fail as invalid (a program that cannot be shaped that small)."""
+
+    def __init__(self, base, n_min):
+        super().__init__(base)
+        self.n_min = n_min
+
+    def submit_run(self, source, n, d, seed, name):
+        if round(n) == round(self.n_min):
+            return self.pool.submit(lambda: self._stage("scaling", Status.INVALID, {}, "no shape within 10% of N"))
+        return super().submit_run(source, n, d, seed, name)
+
+
+def test_initial_design_measures_the_seed_and_the_yardsticks(tmp_path):
+    spec = make_spec(tmp_path / "c", candidates=2)
+    db = schema.connect(spec.resolve(spec.database))
+    open_campaign(spec, db, "")
+    planned = sorted((r.program_id, r.n_target, r.d_target) for r in query.runs(db))
+    p = spec.proxies
+    corners = [(p.n_max, p.d_min), (p.n_min, p.d_max)]
+    assert planned == sorted((pid, n, d) for pid in (1, 2) for n, d in corners)
+
+
+def test_a_point_is_never_planned_twice_for_a_program_even_after_it_failed(tmp_path):
+    spec = make_spec(tmp_path / "c", candidates=14, extra="")
+    evaluator = _SmallestNFails((spec.proxies.base_n, spec.proxies.base_d), spec.proxies.n_min)
+    _, db = run_loop(spec, evaluator)
+    scaling = [(r.program_id, r.n_target, r.d_target) for r in query.runs(db) if r.stage == Stage.SCALING]
+    failed = [r for r in query.runs(db) if r.stage == Stage.SCALING and r.status.value == "invalid"]
+    assert failed, "the test needs active learning to try the smallest N"
+    assert len(scaling) == len(set(scaling))
