@@ -10,7 +10,10 @@ inside that flat region while staying shallow enough to run well on a CPU.
 The block's own parameter count decides: N per layer is measured with
 ``jax.eval_shape`` at three widths and interpolated as ``a d^2 + b d + c`` (exact
 for any block built of dense maps and norms), and the chosen shape is verified
-with an exact count.
+with an exact count. Blocks whose sizes are rounded or depend on the head count
+(grouped-query heads as a fraction of the heads, say) are not quadratic at
+narrow widths; when no top-ranked shape verifies, the narrow widths are counted
+exactly instead.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ ASPECT = 40.0
 TOLERANCE = 0.10
 MAX_LAYERS = 64
 MAX_WIDTH = 8192
+EXACT_WIDTHS = 64  # widths the exact fallback search counts (d_model up to 8 * 64 = 512)
 
 
 def heads_for(d_model: int, head_dim: int = HEAD_DIM) -> int:
@@ -67,6 +71,32 @@ def _candidates(per_layer, fixed, n_target: float, tolerance: float):
                 yield d, n_layers, n
 
 
+def _exact_candidates(program: Program, n_target: float, tolerance: float, seq_len: int, head_dim: int):
+    """Like ``_candidates`` but from exact counts at every width, narrowest first.
+
+    For blocks whose widths are rounded (a GLU hidden size rounded to a multiple
+    of 8, say) the quadratic fitted at wide widths can be far off at narrow ones.
+    Each width costs two ``eval_shape`` counts, so only the narrowest
+    ``EXACT_WIDTHS`` are tried: that is where the quadratic goes wrong.
+    """
+    for d in range(WIDTH_STEP, WIDTH_STEP * EXACT_WIDTHS + 1, WIDTH_STEP):
+        one, two = (counting.count_params(program, model_config(program, d, k, seq_len, head_dim)).n_params for k in (1, 2))
+        layer_n, fixed = two - one, 2 * one - two
+        if one > n_target * (1 + tolerance):
+            return  # one layer is already too big, and wider layers only grow
+        if layer_n <= 0:
+            continue
+        for n_layers in range(1, MAX_LAYERS + 1):
+            n = n_layers * layer_n + fixed
+            if abs(n / n_target - 1) <= tolerance:
+                yield d, n_layers, n
+
+
+def _rank(candidates, n_target: float, aspect: float) -> list:
+    """Aspect ratio nearest ``aspect`` in log, ties to the closer N."""
+    return sorted(candidates, key=lambda c: (round(abs(math.log(c[0] / c[1] / aspect)), 6), abs(c[2] / n_target - 1)))
+
+
 def choose_shape(
     program: Program,
     n_target: float,
@@ -84,15 +114,14 @@ def choose_shape(
     if not n_target > 0:  # also catches NaN
         raise ValueError(f"requested N must be positive, got {n_target}")
     per_layer, fixed = _per_layer_quadratic(program, seq_len, head_dim)
-    ranked = sorted(
-        _candidates(per_layer, fixed, n_target, tolerance),
-        key=lambda c: (round(abs(math.log(c[0] / c[1] / aspect)), 6), abs(c[2] / n_target - 1)),
-    )
-    for d, n_layers, _ in ranked[:8]:  # the quadratic is exact for usual blocks; verify anyway
-        cfg = model_config(program, d, n_layers, seq_len, head_dim)
+    for d, n_layers, _ in _rank(_candidates(per_layer, fixed, n_target, tolerance), n_target, aspect)[:8]:
+        cfg = model_config(program, d, n_layers, seq_len, head_dim)  # the quadratic is exact for usual blocks
         n = counting.count_params(program, cfg).n_params
         if abs(n / n_target - 1) <= tolerance:
             return cfg
+    exact = _rank(_exact_candidates(program, n_target, tolerance, seq_len, head_dim), n_target, aspect)
+    if exact:
+        return model_config(program, exact[0][0], exact[0][1], seq_len, head_dim)
     smallest = int(np.polyval(per_layer, WIDTH_STEP) + np.polyval(fixed, WIDTH_STEP))
     raise ValueError(
         f"no (d_model, n_layers) gives N within {tolerance:.0%} of {n_target:.3g} for this block "

@@ -107,6 +107,17 @@ def test_choose_shape_follows_the_block(reference):
     assert abs(counting.count_params(wide, b).n_params / 1e6 - 1) <= 0.10
 
 
+def test_choose_shape_finds_small_shapes_when_the_count_is_not_quadratic():
+    # Key/value heads a quarter of the query heads (at least one): wide widths get
+    # fewer key/value parameters per d^2 than narrow ones, so the quadratic fitted
+    # at 128-512 misjudges d_model 32-72; the exact fallback must still land.
+    gqa = load_program(seed_source("reference").replace(
+        "cfg.n_heads, qk_norm=True", "cfg.n_heads, n_kv_heads=max(1, cfg.n_heads // 4), qk_norm=True"))
+    for n in (3e4, 5e4):
+        cfg = shape.choose_shape(gqa, n)
+        assert abs(counting.count_params(gqa, cfg).n_params / n - 1) <= 0.10
+
+
 def test_choose_shape_refuses_an_impossible_n(reference):
     with pytest.raises(ValueError, match="request a larger N"):
         shape.choose_shape(reference, 500)
