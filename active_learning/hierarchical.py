@@ -454,6 +454,65 @@ def _update_tau(model: _Model, state: _State, post: _Posterior) -> np.ndarray:
     return np.sqrt(ss / np.maximum(gamma + w, 1e-12))
 
 
+def _t_inflate(model: _Model, state: _State, post: _Posterior) -> _Posterior:
+    """The Laplace covariance at the posterior mean of the noise variance rather than its estimate.
+
+    sigma^2 is known to nu = dof + nu_0 degrees of freedom (the dispersion's plus the
+    hyperprior's pseudo-runs); under its scaled-inverse-chi^2 posterior, E[sigma^2] is
+    nu / (nu - 2) times the estimate, and the predictions' variance averaged over sigma^2
+    is the covariance computed with E[sigma^2] (their marginal is Student-t with nu degrees
+    of freedom). Directions the data determine widen by that factor, prior-dominated ones
+    stay as they were. A campaign with a few runs per candidate has nu around 10, a
+    10-12% wider sd; a large one is unchanged. The reported noise variance stays the estimate.
+    """
+    nu = post.dof + model.prior.sigma_weight
+    factor = nu / (nu - 2.0) if nu > 4.0 else 2.0
+    wide = _posterior(model, state, post.noise_var * factor)
+    return dataclasses.replace(post, shared_cov=wide.shared_cov, mixing=wide.mixing, own_cov=wide.own_cov)
+
+
+def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: float = 1e-4) -> np.ndarray:
+    """How the fitted parameters move with the hyperparameters, scaled by their uncertainty [h, K, p].
+
+    The fit conditions on the type-II ML estimates of log tau_j and log s; with a few
+    candidates holding one to three runs each, those are uncertain, and conditioning
+    on them makes the Laplace posterior overconfident. The first-order correction of
+    Kass and Steffey (1989) adds sum_h (d theta_hat / d lambda_h) Var(lambda_h)
+    (d theta_hat / d lambda_h)^T to the covariance. Row h here is d theta_hat_k / d lambda_h
+    times sd(lambda_h), in internal coordinates, for each candidate k:
+
+      d (mu, delta)_hat / d lambda = -H^-1 d grad / d lambda  (implicit function theorem),
+
+    with H the Hessian of the joint objective at the fit. Var(log tau_j) is the inverse
+    Fisher information of the departures' scale, 1 / (2 sum_k shrink_kj^2 + 2 w), where
+    shrink_kj = 1 - V_kj / tau_j^2 and w the hyperprior's weight; Var(log s) likewise is
+    1 / (2 (dof + nu_0)).
+    """
+    r, jac = model.residuals(state)
+    k, m = state.delta.shape
+    p = len(state.mu)
+    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.sel),
+                       model.prior, state.tau)
+    rhs: list[tuple[np.ndarray, np.ndarray, float]] = []
+    shrink = np.clip(1.0 - post.delta_var / state.tau**2, 0.0, 1.0)
+    for j in range(m):
+        var = 1.0 / (2.0 * float(np.sum(shrink[:, j] ** 2)) + 2.0 * model.prior.tau_weight + 1e-12)
+        rhs_k = np.zeros((k, m))
+        rhs_k[:, j] = 2.0 * state.delta[:, j] / state.tau[j] ** 2  # -d grad_delta / d log tau_j
+        rhs.append((np.zeros(p), rhs_k, var))
+    g_mu0, g_d0 = model.gradient(state, r, jac)
+    g_mu1, g_d1 = model.gradient(dataclasses.replace(state, log_s=state.log_s + step), r, jac)
+    var_s = 1.0 / (2.0 * (post.dof + model.prior.sigma_weight) + 1e-12)
+    rhs.append((-(g_mu1 - g_mu0) / step, -(g_d1 - g_d0) / step, var_s))
+    out = np.zeros((len(rhs), k, p))
+    for h, (rhs_g, rhs_k, var) in enumerate(rhs):
+        d_mu, d_delta = hess.solve(rhs_g, rhs_k)
+        out[h] = d_mu[None]
+        out[h][:, model.sel] += d_delta
+        out[h] *= math.sqrt(var)
+    return out
+
+
 def _initial_mu(model: _Model, config: PoolingConfig) -> list[np.ndarray]:
     """Prior mean, and where there are enough runs, a single law fitted to all runs at once."""
     inits = [model.prior.mean.copy()]
@@ -508,6 +567,7 @@ class Estimated:
       n_runs: runs per candidate.
       unique_tokens: unique-data budget, or None.
       iterations: iterations of the chosen start.
+      hyper: sensitivity of theta to the hyperparameters times their sd [h, K, p] (_hyper_sensitivity).
     """
 
     candidates: tuple[str, ...]
@@ -521,6 +581,7 @@ class Estimated:
     n_runs: tuple[int, ...]
     unique_tokens: float | None
     iterations: int
+    hyper: np.ndarray | None = None
 
 
 def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estimated:
@@ -538,5 +599,7 @@ def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estim
         if value < best_value:
             best, best_value, iters = state, value, it
     post = _posterior(model, best, best.noise_var, passes=3)
-    return Estimated(data.candidates, reparam, model.thetas(best), best.mu, best.tau, best.log_s, post,
-                     data.flops_models, tuple(int(c) for c in data.counts), data.unique_tokens, iters)
+    hyper = _hyper_sensitivity(model, best, post)
+    return Estimated(data.candidates, reparam, model.thetas(best), best.mu, best.tau, best.log_s,
+                     _t_inflate(model, best, post), data.flops_models, tuple(int(c) for c in data.counts),
+                     data.unique_tokens, iters, hyper)

@@ -69,7 +69,7 @@ def fit_pooled(runs_by_candidate: RunsByCandidate, config: PoolingConfig = Pooli
     tau = {name: float(t) for name, t in zip(config.varying, est.tau)}
     return PooledFit(config.law, est.candidates, est.reparam.to_natural(est.theta), est.reparam.to_natural(est.mu),
                      tau, post.noise_var, est.log_scale, est.reparam, post.shared_cov, post.mixing, post.own_cov,
-                     est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations)
+                     est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations, est.hyper)
 
 
 # ---------------------------------------------------------------------------- the fitted campaign
@@ -99,6 +99,9 @@ class PooledFit:
       level: nominal coverage of intervals.
       unique_tokens: unique-data budget (data-constrained law), or None.
       iterations: iterations the fit took.
+      hyper: H_h [h, K, p] (internal), or None: how the fit moves with each hyperparameter
+        (log tau_j, log s) times that hyperparameter's sd. The posterior adds sum_h z_h H_h,
+        z_h ~ N(0, 1) common to all candidates, for the uncertainty of the hyperparameters.
     """
 
     law_name: str
@@ -117,6 +120,11 @@ class PooledFit:
     level: float = 0.9
     unique_tokens: float | None = None
     iterations: int = 0
+    hyper: np.ndarray | None = None
+
+    def _hyper(self) -> np.ndarray:
+        k, p, _ = self.mixing.shape
+        return np.zeros((0, k, p)) if self.hyper is None else self.hyper
 
     @property
     def law(self) -> ScalingLaw:
@@ -141,12 +149,14 @@ class PooledFit:
         k, p, _ = self.mixing.shape
         shared = np.einsum("kab,bc,ldc->kald", self.mixing, self.shared_cov, self.mixing)
         shared[np.arange(k), :, np.arange(k), :] += self.own_cov
-        return shared.reshape(k * p, k * p)
+        hyper = self._hyper().reshape(-1, k * p)
+        return shared.reshape(k * p, k * p) + hyper.T @ hyper
 
     def candidate_cov(self, candidate: str) -> np.ndarray:
         """Natural-coordinate covariance of one candidate's parameters [p, p]."""
         k = self.index(candidate)
-        cov = self.mixing[k] @ self.shared_cov @ self.mixing[k].T + self.own_cov[k]
+        hyper = self._hyper()[:, k]
+        cov = self.mixing[k] @ self.shared_cov @ self.mixing[k].T + self.own_cov[k] + hyper.T @ hyper
         return self.reparam.covariance(cov)
 
     def target_allocation(self, theta: np.ndarray, target_flops: float, inference_tokens: float = 0.0):
@@ -174,6 +184,8 @@ class PooledFit:
         grad = self.reparam.jacobian(jac)  # internal coordinates [K, p]
         a = np.einsum("kab,ka->kb", self.mixing, grad)
         cov = a @ self.shared_cov @ a.T + np.diag(np.einsum("ka,kab,kb->k", grad, self.own_cov, grad))
+        h = np.einsum("hka,ka->hk", self._hyper(), grad)
+        cov = cov + h.T @ h
         return g, cov, grad, (log_n, log_d)
 
     def predict_at_target(self, target_flops: float, *, inference_tokens: float = 0.0) -> dict[str, TargetPrediction]:
@@ -192,6 +204,8 @@ class PooledFit:
         u = rng.standard_normal((size, p)) @ _sqrt(self.shared_cov).T
         e = np.einsum("kab,skb->ska", np.stack([_sqrt(c) for c in self.own_cov]), rng.standard_normal((size, k, p)))
         internal = self.reparam.to_internal(self.theta) + np.einsum("kab,sb->ska", self.mixing, u) + e
+        hyper = self._hyper()
+        internal = internal + np.einsum("hka,sh->ska", hyper, rng.standard_normal((size, len(hyper))))
         natural = self.reparam.to_natural(internal)
         for j, name in enumerate(self.law.param_names):
             if name in EXPONENTS:
