@@ -41,8 +41,8 @@ import ast
 import dataclasses
 import pathlib
 import re
-import threading
 
+from evaluator import pyast
 from evaluator.result import EvalResult, Status
 
 REQUIRED = {"init_block": 2, "apply_block": 3, "hyperparameters": 2}
@@ -102,7 +102,7 @@ def _layers_names() -> frozenset[str]:
     if not path.exists():
         return frozenset()
     names = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in pyast.parse(path.read_text()).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -160,13 +160,13 @@ def repair(source: str) -> tuple[str, tuple[str, ...]]:
             source = max(blocks, key=lambda b: (sum(f"def {n}" in b for n in REQUIRED), len(b)))
             notes.append("kept the fenced code block")
     try:
-        ast.parse(source)
+        pyast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         lines = source.rstrip().split("\n")
         for cut in range(1, min(len(lines), 20)):
             candidate = "\n".join(lines[:-cut]) + "\n"
             try:
-                ast.parse(candidate)
+                pyast.parse(candidate)
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 continue
             if all(f"def {n}" in candidate for n in REQUIRED):
@@ -176,15 +176,9 @@ def repair(source: str) -> tuple[str, tuple[str, ...]]:
     return source, tuple(notes)
 
 
-# CPython 3.11's ast module is not safe to use from two threads at once: its
-# recursion-depth bookkeeping can raise "AST constructor recursion depth
-# mismatch" (gh-106905). Proposers and evaluators call check() from worker
-# threads, so it is serialised.
-_AST_LOCK = threading.Lock()
-
-
 def check(source: str) -> StaticReport:
-    with _AST_LOCK:
+    # One lock across the whole check: see evaluator/pyast.py (gh-106905).
+    with pyast.LOCK:
         return _check(source)
 
 
@@ -197,7 +191,7 @@ def _check(source: str) -> StaticReport:
         line = source[: _BIDI.search(source).start()].count("\n") + 1
         return StaticReport(source, (Problem(line, "bidirectional control characters are not allowed"),), repairs)
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError as e:
         return StaticReport(source, (Problem(e.lineno or 0, f"syntax error: {e.msg}"),), repairs)
     except (ValueError, RecursionError, MemoryError) as e:

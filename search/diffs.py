@@ -27,6 +27,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+from evaluator import pyast
 from search import programs
 
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
@@ -283,7 +284,7 @@ def replace_functions(block: str, code: str) -> str | None:
     Returns None when ``code`` does not parse or defines a function the block does not have.
     """
     try:
-        new_tree, old_tree = ast.parse(code), ast.parse(block)
+        new_tree, old_tree = pyast.parse(code), pyast.parse(block)
     except SyntaxError:
         return None
     new = [n for n in new_tree.body if isinstance(n, ast.FunctionDef)]

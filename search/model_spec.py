@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from evaluator import pyast
 from proxy_models.program import DEFAULT_MODEL_OPTIONS, seed_source
 from search import programs
 
@@ -68,7 +69,7 @@ class Environment:
     @classmethod
     def of(cls, scaffold: str) -> Environment:
         try:
-            tree = ast.parse(scaffold)
+            tree = pyast.parse(scaffold)
         except SyntaxError:
             return cls(preamble=("import jax", "from proxy_models import layers as L"))
         alias, has_jax = None, False
@@ -250,7 +251,7 @@ def _pick(rng: np.random.Generator, options, current):
 
 def _set_keyword(call: ast.Call, name: str, value) -> str:
     """The call's source with keyword ``name`` set to ``value``."""
-    call = ast.parse(ast.unparse(call), mode="eval").body  # a copy
+    call = pyast.parse(ast.unparse(call), mode="eval").body  # a copy
     call.keywords = [k for k in call.keywords if k.arg != name] + [ast.keyword(name, ast.Constant(value))]
     return ast.unparse(call)
 
@@ -266,7 +267,7 @@ def _norm(text: str, env: Environment, rng: np.random.Generator) -> tuple[str | 
     names = {"rms_norm", "rms_norm_init", "layer_norm", "layer_norm_init"}
     attrs = [
         n
-        for n in ast.walk(ast.parse(text))
+        for n in ast.walk(pyast.parse(text))
         if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == env.alias and n.attr in names
     ]
     kinds = sorted({a.attr.split("_")[0] for a in attrs})
@@ -279,7 +280,7 @@ def _norm(text: str, env: Environment, rng: np.random.Generator) -> tuple[str | 
 
 def _activation(force: str | None = None) -> Fallback:
     def fn(text: str, env: Environment, rng: np.random.Generator) -> tuple[str | None, str]:
-        calls = _calls(ast.parse(text), env, {"mlp", "moe"})
+        calls = _calls(pyast.parse(text), env, {"mlp", "moe"})
         if not calls or any(len(c.args) > 3 or c.keywords for c in calls):
             return _NONE
         current = [c.args[2].value if len(c.args) == 3 and isinstance(c.args[2], ast.Constant) else "gelu" for c in calls]
@@ -299,7 +300,7 @@ def _keyword_toggle(max_args: dict[str, int], keyword: str, default: bool, force
     """Flip (or force) ``keyword`` in calls of the named helpers that do not pass it by position."""
 
     def fn(text: str, env: Environment, rng: np.random.Generator) -> tuple[str | None, str]:
-        calls = [c for c in _calls(ast.parse(text), env, set(max_args)) if len(c.args) <= max_args[c.func.attr]]
+        calls = [c for c in _calls(pyast.parse(text), env, set(max_args)) if len(c.args) <= max_args[c.func.attr]]
         values = [_keyword(c, keyword, default) for c in calls]
         if not calls or any(not isinstance(v, bool) for v in values):
             return _NONE
@@ -313,7 +314,7 @@ def _keyword_toggle(max_args: dict[str, int], keyword: str, default: bool, force
 
 
 def _mlp_ratio(text: str, env: Environment, rng: np.random.Generator) -> tuple[str | None, str]:
-    calls = [c for c in _calls(ast.parse(text), env, {"mlp_init", "moe_init"}) if len(c.args) >= 3]
+    calls = [c for c in _calls(pyast.parse(text), env, {"mlp_init", "moe_init"}) if len(c.args) >= 3]
     if not calls:
         return _NONE
     def d_ff(ratio: str, call: ast.Call) -> str:
@@ -328,7 +329,7 @@ def _mlp_ratio(text: str, env: Environment, rng: np.random.Generator) -> tuple[s
 
 
 def _positions(text: str, env: Environment, rng: np.random.Generator) -> tuple[str | None, str]:
-    calls = [c for c in _calls(ast.parse(text), env, {"attention"}) if len(c.args) <= 2]
+    calls = [c for c in _calls(pyast.parse(text), env, {"attention"}) if len(c.args) <= 2]
     ropes = [_keyword(c, "rope", True) for c in calls]
     options = programs.returned_dict(text, "model_options", "cfg")
     if not calls or options is None or any(not isinstance(r, bool) for r in ropes):

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from evaluator import pyast
 from proxy_models.program import DEFAULT_HYPERPARAMETERS
 from search import model_spec, programs
 from search.programs import ReturnedDict
@@ -310,7 +311,7 @@ def _lr_rule(expr: str, n_name: str) -> tuple[float, float] | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value), 0.0
     try:
-        node = ast.parse(expr, mode="eval").body
+        node = pyast.parse(expr, mode="eval").body
         c, power = node.left.value, node.right
         ratio, e = power.left, -_literal(ast.unparse(power.right))
         ok = isinstance(node.op, ast.Mult) and isinstance(power.op, ast.Pow) and isinstance(ratio.op, ast.Div)
@@ -433,7 +434,7 @@ def _self_contained(expr: str, args: Sequence[str]) -> bool:
     """Whether ``expr`` uses only the function's arguments, builtins for numbers, and math."""
     allowed = {*args, "math", "min", "max", "int", "float", "round", "abs", "None", "True", "False"}
     try:
-        names = {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+        names = {n.id for n in ast.walk(pyast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
     except SyntaxError:
         return False
     return names <= allowed
@@ -492,7 +493,7 @@ class Mutator:
         if not note or digest in seen or any(digest == programs.source_hash(p.source) for p in parents):
             return None
         try:
-            ast.parse(source)
+            pyast.parse(source)
             same_blocks = programs.blocks(source).keys() == programs.blocks(parents[0].source).keys()
         except (SyntaxError, programs.BlockError):
             return None

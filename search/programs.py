@@ -13,6 +13,8 @@ import hashlib
 import json
 import re
 
+from evaluator import pyast
+
 BLOCK_START = "# EVOLVE-BLOCK-START"
 BLOCK_END = "# EVOLVE-BLOCK-END"
 _START = re.compile(r"^\s*# EVOLVE-BLOCK-START[ \t]+(\w+)\s*$")
@@ -74,7 +76,7 @@ def scaffold(source: str) -> str:
 def normalise(source: str) -> str:
     """A normal form that ignores comments and layout (``ast.unparse``); the text itself if it does not parse."""
     try:
-        return ast.unparse(ast.parse(source))
+        return ast.unparse(pyast.parse(source))
     except SyntaxError:
         return source
 
@@ -142,7 +144,7 @@ class ReturnedDict:
     @classmethod
     def find(cls, text: str, name: str) -> ReturnedDict | None:
         try:
-            tree = ast.parse(text)
+            tree = pyast.parse(text)
         except SyntaxError:
             return None
         fn = function(tree, name)
@@ -214,7 +216,7 @@ def returned_dict(text: str, name: str, args: str) -> ReturnedDict | None:
     if found is not None:
         return found
     try:
-        fn = function(ast.parse(text), name)
+        fn = function(pyast.parse(text), name)
     except SyntaxError:
         return None
     if fn is None:

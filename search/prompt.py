@@ -21,6 +21,7 @@ import pathlib
 from collections.abc import Sequence
 
 from db.rows import Failure, Fit
+from evaluator import pyast
 from proxy_models.program import DEFAULT_HYPERPARAMETERS, DEFAULT_MODEL_OPTIONS
 from search import programs
 
@@ -66,7 +67,7 @@ def helpers_text() -> str:
     """One line per public helper in ``proxy_models.layers``: signature and first docstring line."""
     path = pathlib.Path(importlib.util.find_spec("proxy_models.layers").origin)
     lines = []
-    for node in ast.parse(path.read_text()).body:
+    for node in pyast.parse(path.read_text()).body:
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
             doc = (ast.get_docstring(node) or "").strip().splitlines()
             returns = f" -> {ast.unparse(node.returns)}" if node.returns else ""

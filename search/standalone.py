@@ -24,6 +24,7 @@ import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 
+from evaluator import pyast
 from search.programs import offset, splice
 
 PROXY_PACKAGE = "proxy_models"
@@ -122,14 +123,14 @@ def _statement_text(source: str, node: ast.stmt) -> str:
 
 def _plain_references(text: str, refs: set[str], where: str) -> str:
     """``layers.norm`` -> ``norm`` for each module alias in ``refs``."""
-    tree = ast.parse(text)
+    tree = pyast.parse(text)
     edits = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in refs:
             start = offset(text, node.lineno, node.col_offset)
             edits.append(((start, offset(text, node.end_lineno, node.end_col_offset)), node.attr))
     out = splice(text, edits)
-    leftover = [n.id for n in ast.walk(ast.parse(out)) if isinstance(n, ast.Name) and n.id in refs]
+    leftover = [n.id for n in ast.walk(pyast.parse(out)) if isinstance(n, ast.Name) and n.id in refs]
     if leftover:
         raise AssemblyError(f"{where} uses module {leftover[0]!r} other than as module.attribute")
     return out
@@ -138,7 +139,7 @@ def _plain_references(text: str, refs: set[str], where: str) -> str:
 def read_section(module: str, names: Iterable[str] | None = None) -> Section:
     """The statements of ``module`` (all, or those defining ``names``), made standalone."""
     source = module_source(module)
-    tree = ast.parse(source)
+    tree = pyast.parse(source)
     imports: dict[str, Binding] = {}
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)) and not (
@@ -273,7 +274,7 @@ def rename_globals(text: str, mapping: Mapping[str, str]) -> str:
     if not mapping:
         return text
     renamer = _Renamer(text, mapping)
-    for node in ast.parse(text).body:
+    for node in pyast.parse(text).body:
         renamer.visit(node, set(), top=True)
     return splice(text, sorted(set(renamer.edits)))
 
@@ -300,7 +301,7 @@ def _layers_replacement(node: ast.Import | ast.ImportFrom) -> str | None:
 
 def program_text(source: str) -> str:
     """The program with its imports of the project's helpers pointed at the ``layers`` namespace."""
-    tree = ast.parse(source)
+    tree = pyast.parse(source)
     edits = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
@@ -322,7 +323,7 @@ def program_text(source: str) -> str:
 def _bindings(text: str, layer_names: set[str]) -> dict[str, Binding | None]:
     """Top-level names of ``text``: imports as what they import, helpers taken from ``layers`` as such, else None."""
     out: dict[str, Binding | None] = {}
-    for node in ast.parse(text).body:
+    for node in pyast.parse(text).body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             out.update(_import_bindings(node))
             continue
@@ -376,7 +377,7 @@ def _check_unique(sections: Iterable[Section]) -> None:
 
 
 def _check_standalone(text: str) -> None:
-    for node in ast.walk(ast.parse(text)):
+    for node in ast.walk(pyast.parse(text)):
         modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
         bad = [m for m in modules if m.split(".")[0] in FORBIDDEN_IMPORTS]
@@ -508,7 +509,7 @@ if __name__ == "__main__":
 
 
 def _program_fields(program_source: str) -> str:
-    defined = {n.name for n in ast.parse(program_source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    defined = {n.name for n in pyast.parse(program_source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     fields = ["init_block", "apply_block", "hyperparameters"] + [f for f in ("make_optimizer", "model_options") if f in defined]
     return "\n    ".join(f"{f}={f}," for f in fields)
 
