@@ -14,10 +14,10 @@ import time
 from rich.console import Console
 
 from db import schema
-from search.config import CampaignSpec
+from search.config import CampaignSpec, SpecError
 from search.loop import Loop, open_campaign
 from search.progress import Progress, ranking_table, summary_text
-from search.propose import MutatorProposer, Proposer
+from search.propose import MutatorProposer, Proposer, mutator_config
 
 
 def build_evaluator(spec: CampaignSpec):
@@ -33,26 +33,34 @@ def build_evaluator(spec: CampaignSpec):
 
 
 def build_proposer(spec: CampaignSpec) -> Proposer:
-    mutator = MutatorProposer()
-    section = dict(spec.proposer)
-    if not section or section.get("kind") == "mutator":
-        return mutator
-    from search.llm_propose import build_proposer as build_llm
+    """The ``[proposer]`` table's proposer; the mutator (configured by the same table) is the fallback.
 
-    return build_llm(spec.proposer, os.environ, mutator)
+    Raises:
+      SpecError: a bad key or value in ``[proposer]``.
+    """
+    section = dict(spec.proposer)
+    try:
+        mutator = MutatorProposer(mutator_config(section))
+        if not section or section.get("kind") == "mutator":
+            return mutator
+        from search.llm_propose import build_proposer as build_llm
+
+        return build_llm(spec.proposer, os.environ, mutator)
+    except ValueError as e:
+        raise SpecError(f"{spec.path}: {e}") from e
 
 
 def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: Console | None = None,
                  evaluator=None, proposer: Proposer | None = None) -> int:
     """Run or resume ``spec``'s campaign; prints progress and the final ranking. Returns an exit code."""
     console = console or Console(width=None if sys.stdout.isatty() else 160)
+    proposer = proposer or build_proposer(spec)  # a bad [proposer] table fails before the database exists
     path = spec.resolve(spec.database)
     db = schema.connect(path)
     spec_toml = pathlib.Path(spec.path).read_text() if spec.path else ""
     created = open_campaign(spec, db, spec_toml)
     console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}")
     evaluator = evaluator or build_evaluator(spec)
-    proposer = proposer or build_proposer(spec)
     console.print(f"evaluator isolation: {evaluator.isolation}; proposer: {type(proposer).__name__}")
     with Progress(db, spec.budget.candidates, console) as progress:
         loop = Loop(spec, db, evaluator, proposer, on_event=progress)

@@ -263,6 +263,8 @@ temperature_period = 50        # evaluations over which it decays, then restarts
 reset_period = 40              # evaluations between resets of the weaker half of islands
 
 [proposer]
+# edit_weights = {{learning_rate = 4, moe_experts = 0}}  # the built-in mutator: how often each edit
+                               # is tried (1 unless named; see search/mutate.py DEFAULT_EDIT_WEIGHTS)
 kind = "mutator"               # "llm" for an OpenAI-compatible endpoint:
 # base_url = "http://127.0.0.1:8000/v1"
 # api_key_env = "OPENAI_API_KEY"

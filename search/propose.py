@@ -11,13 +11,13 @@ answer (a bad answer is a recorded failed call), and never block the loop.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
-from typing import Protocol
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from db.rows import Failure, ProposerCall
-from search.mutate import Child, Mutator, MutatorConfig
+from search.mutate import DEFAULT_EDIT_WEIGHTS, Child, Mutator, MutatorConfig
 from search.prompt import Parent, build_prompt
 
 
@@ -77,6 +77,34 @@ class MutatorProposer:
         mutator = Mutator(dataclasses.replace(self.config, evolve=tuple(request.evolve)))
         children = mutator.propose(list(request.parents), rng, request.seen, n=request.n_children)
         return Proposal(children=children, proposer="mutator")
+
+
+def mutator_config(section: Mapping[str, Any]) -> MutatorConfig:
+    """The mutator's config from a ``[proposer]`` table: its own keys, or a ``mutator`` sub-table.
+
+    ``edit_weights`` is a table ``{learning_rate = 4, moe_experts = 0}`` laid over
+    ``DEFAULT_EDIT_WEIGHTS``; the blocks it may change come from the campaign's ``evolve``.
+
+    Raises:
+      ValueError: a value of the wrong type, an unknown edit, a bad weight.
+    """
+    fields = {f.name for f in dataclasses.fields(MutatorConfig)} - {"evolve"}
+    given = {k: v for k, v in section.items() if k in fields}
+    given.update(dict(section.get("mutator", {})))
+    if unknown := sorted(set(given) - fields):
+        raise ValueError(f"[proposer.mutator]: unknown key(s) {unknown}; known keys are {sorted(fields)}")
+    config = MutatorConfig()
+    for key, value in given.items():
+        if key == "edit_weights":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"[proposer] edit_weights must be a table of edit = weight, got {value!r}")
+            value = tuple({**dict(DEFAULT_EDIT_WEIGHTS), **value}.items())
+        elif not isinstance(value, type(getattr(config, key))) and not (
+                isinstance(value, int) and isinstance(getattr(config, key), float)):
+            raise ValueError(f"[proposer] {key} must be a {type(getattr(config, key)).__name__}, got {value!r}")
+        config = dataclasses.replace(config, **{key: value})
+    Mutator(config)  # validates the edit weights now, not at the first proposal
+    return config
 
 
 def prompt_for(request: ProposalRequest) -> str:

@@ -2,6 +2,7 @@
 
 import ast
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -236,3 +237,68 @@ def test_a_long_random_walk_stays_valid():
         _check(child.source)
         seen.add(child.source_hash)
         source = child.source
+
+
+def _first_edits(config: mutate.MutatorConfig, n: int = 300) -> list[str]:
+    mutator, parent = mutate.Mutator(config), Parent(1, BASES["weakened"])
+    rng = np.random.default_rng(0)
+    return [mutator.mutate(parent, rng).note.split(":")[0] for _ in range(n)]
+
+
+def test_edit_weights_set_how_often_an_edit_is_tried():
+    single = dict(max_edits=1, more_edits=0.0)
+    plain = _first_edits(mutate.MutatorConfig(edit_weights=(), **single))
+    heavy = _first_edits(mutate.MutatorConfig(edit_weights=(("learning_rate", 8.0),), **single))
+    never = _first_edits(mutate.MutatorConfig(edit_weights=(("learning_rate", 0.0),), **single))
+    assert "learning_rate" not in never
+    # Weight 8 among ~30 edits of weight 1 (some no-ops here): several times as often as weight 1.
+    assert heavy.count("learning_rate") >= 3 * max(1, plain.count("learning_rate"))
+    assert heavy.count("learning_rate") > 0.15 * len(heavy)
+
+
+def test_the_default_weights_favour_the_learning_rate_over_a_typical_edit():
+    edits = _first_edits(mutate.MutatorConfig(max_edits=1, more_edits=0.0), n=400)
+    assert edits.count("learning_rate") > 2 * edits.count("norm_type")
+
+
+@pytest.mark.parametrize("weights, message", [
+    ((("learning_rat", 2.0),), "unknown mutator edit(s) ['learning_rat']"),
+    ((("learning_rate", -1.0),), "finite numbers >= 0"),
+    ((("learning_rate", float("nan")),), "finite numbers >= 0"),
+])
+def test_bad_edit_weights_are_refused_with_the_reason(weights, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mutate.Mutator(mutate.MutatorConfig(edit_weights=weights))
+
+
+def test_all_zero_weights_are_refused():
+    zero = tuple((name, 0.0) for name in mutate.EDITS)
+    with pytest.raises(ValueError, match="weight 0"):
+        mutate.Mutator(mutate.MutatorConfig(edit_weights=zero))
+
+
+def test_the_proposer_table_configures_the_mutator():
+    from search.propose import mutator_config
+
+    config = mutator_config({"kind": "mutator", "crossover_rate": 0.5, "mutator": {"edit_weights": {"moe_experts": 0}}})
+    weights = dict(config.edit_weights)
+    assert config.crossover_rate == 0.5 and weights["moe_experts"] == 0
+    assert weights["learning_rate"] == dict(mutate.DEFAULT_EDIT_WEIGHTS)["learning_rate"]  # defaults kept
+    assert mutator_config({}) == mutate.MutatorConfig()
+    for bad, message in (({"mutator": {"crossover": 1}}, "unknown key(s) ['crossover']"),
+                         ({"max_edits": "3"}, "max_edits must be a int"),
+                         ({"edit_weights": [1, 2]}, "must be a table"),
+                         ({"edit_weights": {"nope": 1}}, "unknown mutator edit(s) ['nope']")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            mutator_config(bad)
+
+
+def test_a_bad_proposer_table_stops_the_run_before_the_database_exists(tmp_path, capsys):
+    from search.cli import main
+    from search.demo import write_demo
+
+    spec = write_demo(tmp_path / "c", candidates=2, simulate=True)
+    spec.write_text(spec.read_text().replace('kind = "mutator"', 'edit_weights = {lr = 3}\nkind = "mutator"'))
+    assert main(["run", str(spec)]) == 2
+    assert "unknown mutator edit(s) ['lr']" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "campaign.sqlite").exists()
