@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidates", type=int, default=32, help="demo budget (a longer campaign: more)")
     parser.add_argument("--dir", default="runs/bench")
     parser.add_argument("--simulate", action="store_true", help="synthetic losses (plumbing check only)")
+    parser.add_argument("--seed", type=int, default=0, help="the campaign's seed (a different search from the same start)")
     args = parser.parse_args(argv)
 
     from db import schema
@@ -59,10 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
     from search.config import load_spec
     from search.demo import write_demo
 
-    spec_path = write_demo(pathlib.Path(args.dir), args.candidates, args.simulate)
+    spec_path = write_demo(pathlib.Path(args.dir), args.candidates, args.simulate, args.seed)
     t0 = time.monotonic()
     run_campaign(load_spec(spec_path))
     out = measure(schema.connect(spec_path.parent / "campaign.sqlite"))
+    out["seed"] = args.seed
     out["wall_s"] = round(time.monotonic() - t0, 1)
     print(json.dumps(out))
     return out

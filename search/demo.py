@@ -25,8 +25,8 @@ DEMO_OVERRIDES = {
 }
 
 
-def write_demo(root: pathlib.Path, candidates: int = 32, simulate: bool = False) -> pathlib.Path:
-    """A fresh demo campaign folder: weakened seed, reference yardstick, small proxies."""
+def write_demo(root: pathlib.Path, candidates: int = 32, simulate: bool = False, seed: int = 0) -> pathlib.Path:
+    """A fresh demo campaign folder: weakened seed, reference yardstick, small proxies; ``seed`` the campaign's."""
     from proxy_models.program import seed_source
     from search.config import SPEC_TEMPLATE
 
@@ -40,6 +40,7 @@ def write_demo(root: pathlib.Path, candidates: int = 32, simulate: bool = False)
         text = text.replace(old, new.format(candidates=candidates))
     if simulate:
         text = text.replace("simulate = false", "simulate = true")
+    text = text.replace("\nseed = 0 ", f"\nseed = {int(seed)} ", 1)
     (root / "campaign.toml").write_text(text)
     return root / "campaign.toml"
 

@@ -158,8 +158,6 @@ def plan_scaling_runs(
     return runs
 
 
-
-
 def _runs_per_point(db: sqlite_utils.Database, pool: Sequence[tuple[float, float]]) -> Counter:
     """Runs in any state per (candidate id as text, pool N, pool D)."""
     index = {(round(n), round(d)): (n, d) for n, d in pool}

@@ -20,3 +20,8 @@ def test_demo_rewrites_its_folder(tmp_path):
     (root / "stale.txt").write_text("left from an earlier demo")
     write_demo(root)
     assert not (root / "stale.txt").exists()
+
+
+def test_the_demo_seed_is_the_campaign_seed(tmp_path):
+    assert load_spec(write_demo(tmp_path / "a")).seed == 0
+    assert load_spec(write_demo(tmp_path / "b", seed=7)).seed == 7
