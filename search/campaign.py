@@ -41,11 +41,11 @@ def build_proposer(spec: CampaignSpec) -> Proposer:
     section = dict(spec.proposer)
     try:
         mutator = MutatorProposer(mutator_config(section))
-        if not section or section.get("kind") == "mutator":
+        if not section:
             return mutator
         from search.llm_propose import build_proposer as build_llm
 
-        return build_llm(spec.proposer, os.environ, mutator)
+        return build_llm(section, os.environ, mutator)  # checks the keys; the mutator for kind = "mutator"
     except ValueError as e:
         raise SpecError(f"{spec.path}: {e}") from e
 

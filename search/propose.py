@@ -90,7 +90,10 @@ def mutator_config(section: Mapping[str, Any]) -> MutatorConfig:
     """
     fields = {f.name for f in dataclasses.fields(MutatorConfig)} - {"evolve"}
     given = {k: v for k, v in section.items() if k in fields}
-    given.update(dict(section.get("mutator", {})))
+    sub = section.get("mutator", {})
+    if not isinstance(sub, Mapping):
+        raise ValueError(f"[proposer] mutator must be a table of the mutator's settings, got {sub!r}")
+    given.update(sub)
     if unknown := sorted(set(given) - fields):
         raise ValueError(f"[proposer.mutator]: unknown key(s) {unknown}; known keys are {sorted(fields)}")
     config = MutatorConfig()

@@ -302,3 +302,7 @@ def test_a_bad_proposer_table_stops_the_run_before_the_database_exists(tmp_path,
     assert main(["run", str(spec)]) == 2
     assert "unknown mutator edit(s) ['lr']" in capsys.readouterr().err
     assert not (tmp_path / "c" / "campaign.sqlite").exists()
+    spec.write_text(spec.read_text().replace("edit_weights = {lr = 3}", "temprature = 0.7"))  # a typo
+    assert main(["run", str(spec)]) == 2
+    assert "unknown key(s) ['temprature']" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "campaign.sqlite").exists()
