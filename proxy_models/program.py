@@ -44,6 +44,27 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "diloco_outer_lr": 0.7,
     "diloco_outer_momentum": 0.9,
 }
+# Settings that only some strategies read. A value no part of the strategy reads
+# changes nothing, so two programs that differ only there are one experiment
+# (the fingerprint drops it, and the mutator does not edit it).
+READ_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "decay_fraction": lambda hp: hp["schedule"] == "wsd",
+    "final_lr_fraction": lambda hp: hp["schedule"] != "constant",
+    **{key: (lambda hp: hp["optimizer"] == "diloco") for key in
+       ("diloco_replicas", "diloco_inner_steps", "diloco_outer_lr", "diloco_outer_momentum")},
+}
+
+
+def is_read(key: str, hp: Mapping[str, Any]) -> bool:
+    """Whether the built-in optimizer reads ``key`` under ``hp`` (its schedule and optimizer)."""
+    return key not in READ_WHEN or READ_WHEN[key]({**DEFAULT_HYPERPARAMETERS, **hp})
+
+
+def effective_hyperparameters(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """``hp`` without the settings the built-in optimizer does not read under it."""
+    return {k: v for k, v in hp.items() if is_read(k, hp)}
+
+
 DEFAULT_MODEL_OPTIONS: dict[str, Any] = {"tie_embeddings": False, "positions": "none", "final_norm": "rms"}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from proxy_models import counting, shape, train, transformer
 from proxy_models.config import ModelConfig, TrainConfig
 from proxy_models.data import load_corpus
-from proxy_models.program import Program, load_program, resolve_hyperparameters
+from proxy_models.program import Program, effective_hyperparameters, load_program, resolve_hyperparameters
 
 SMOKE_SHAPE = dict(d_model=64, n_layers=2, n_heads=2, seq_len=32)
 FINGERPRINT_SCALES = ((1e5, 1e6), (1e6, 2e7), (1e8, 2e9))  # (N, D) at which the strategy is sampled
@@ -45,6 +45,8 @@ def fingerprint(program: Program, cfg: ModelConfig, params, batch) -> str:
     h = hashlib.sha256(_jaxpr_text(program, cfg, params, batch).encode())
     for n, d in FINGERPRINT_SCALES:
         hp = resolve_hyperparameters(program, int(n), int(d))
+        if program.make_optimizer is None:  # a program's own optimizer may read any setting
+            hp = effective_hyperparameters(hp)
         h.update(json.dumps(hp, sort_keys=True, default=repr).encode())
     if program.make_optimizer is not None:
         hp = resolve_hyperparameters(program, 10**5, 10**6)

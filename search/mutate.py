@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from evaluator import pyast
-from proxy_models.program import DEFAULT_HYPERPARAMETERS
+from proxy_models.program import DEFAULT_HYPERPARAMETERS, is_read
 from search import model_spec, programs
 from search.programs import ReturnedDict
 
@@ -297,10 +297,16 @@ def _moe(d: Draft, rng: np.random.Generator) -> str | None:
     return f"mixture of {experts} experts, top-{top_k}"
 
 
+def _read(hp: ReturnedDict, key: str) -> bool:
+    """Whether the strategy reads ``key`` (see ``is_read``); True when its schedule or optimizer is computed."""
+    known = {k: _current(hp, k, DEFAULT_HYPERPARAMETERS) for k in ("schedule", "optimizer")}
+    return any(v is _UNKNOWN for v in known.values()) or is_read(key, known)
+
+
 def _hp_edit(key: str, options: Sequence) -> Edit:
     def fn(d: Draft, rng: np.random.Generator) -> str | None:
         hp = d.hp()
-        if hp is None:
+        if hp is None or not _read(hp, key):  # editing a setting nothing reads would be a no-op
             return None
         current = _current(hp, key, DEFAULT_HYPERPARAMETERS)
         new = _choose(rng, options, current)

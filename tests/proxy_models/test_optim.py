@@ -59,3 +59,37 @@ def test_clipping_bounds_the_global_gradient_norm():
 def test_adam_betas_are_the_recipes():
     assert (DEFAULT_HYPERPARAMETERS["beta1"], DEFAULT_HYPERPARAMETERS["beta2"]) == (0.9, 0.99)
     assert DEFAULT_HYPERPARAMETERS["clip"] == 1.0 and DEFAULT_HYPERPARAMETERS["final_lr_fraction"] == 0.05
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "wsd", "constant"])
+@pytest.mark.parametrize("key, other", [("final_lr_fraction", 0.2), ("decay_fraction", 0.5)])
+def test_a_setting_is_read_exactly_when_the_schedule_depends_on_it(kind, key, other):
+    from proxy_models.program import is_read
+
+    hp = {**HP, "schedule": kind}
+    steps = np.arange(0, 1001, 7)
+    before = np.array([float(optim.schedule(hp, 1000)(s)) for s in steps])
+    after = np.array([float(optim.schedule({**hp, key: other}, 1000)(s)) for s in steps])
+    assert is_read(key, hp) == (not np.allclose(before, after, rtol=0, atol=0))
+
+
+def test_effective_hyperparameters_drop_what_nothing_reads():
+    from proxy_models.program import effective_hyperparameters
+
+    constant = effective_hyperparameters({**DEFAULT_HYPERPARAMETERS, "schedule": "constant"})
+    assert "final_lr_fraction" not in constant and "decay_fraction" not in constant
+    assert "diloco_replicas" not in constant and constant["learning_rate"] == DEFAULT_HYPERPARAMETERS["learning_rate"]
+    wsd = effective_hyperparameters({**DEFAULT_HYPERPARAMETERS, "schedule": "wsd", "optimizer": "diloco"})
+    assert {"final_lr_fraction", "decay_fraction", "diloco_replicas", "diloco_outer_lr"} <= set(wsd)
+
+
+def test_programs_that_differ_only_in_an_unread_setting_share_a_fingerprint():
+    from proxy_models.program import seed_source
+    from proxy_models.run import smoke
+
+    weak = seed_source("weakened")  # constant schedule: decay_fraction is never read
+    assert '"schedule": "constant"' in weak
+    with_decay = lambda v: weak.replace('"clip": 1.0,', f'"clip": 1.0, "decay_fraction": {v},')  # noqa: E731
+    assert smoke(with_decay(0.1))["fingerprint"] == smoke(with_decay(0.3))["fingerprint"]
+    wsd = lambda v: with_decay(v).replace('"schedule": "constant"', '"schedule": "wsd"')  # noqa: E731
+    assert smoke(wsd(0.1))["fingerprint"] != smoke(wsd(0.3))["fingerprint"]

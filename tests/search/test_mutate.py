@@ -66,6 +66,7 @@ def _rich() -> str:
     source = programs.replace_block(source, "model", model_spec.render(RICH_SPEC))
     hp = programs.ReturnedDict.find(programs.blocks(source)["strategy"], "hyperparameters")
     hp.set("optimizer", '"diloco"')
+    hp.set("schedule", '"wsd"')
     return programs.replace_block(source, "strategy", hp.render())
 
 
@@ -306,3 +307,10 @@ def test_a_bad_proposer_table_stops_the_run_before_the_database_exists(tmp_path,
     assert main(["run", str(spec)]) == 2
     assert "unknown key(s) ['temprature']" in capsys.readouterr().err
     assert not (tmp_path / "c" / "campaign.sqlite").exists()
+
+
+@pytest.mark.parametrize("edit", ["wsd_decay", "final_lr", "diloco_settings"])
+def test_edits_of_a_setting_nothing_reads_are_not_made(edit):
+    _, fn = mutate.EDITS[edit]
+    source = BASES["weakened"]  # constant schedule, AdamW: none of these settings is read
+    assert all(fn(mutate.Draft(source), np.random.default_rng(seed)) is None for seed in range(10))
