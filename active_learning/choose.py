@@ -17,13 +17,16 @@ candidates: both terms are in log-loss units and their sum is one expected loss.
 With pooled fits a run on one candidate also informs the shared parameters, so
 it counts towards every candidate's prediction. Runs are picked greedily by that
 value per FLOP; after each pick the covariance is updated as if the run had been
-observed (the update does not depend on y), so a batch spreads out.
+observed (the update does not depend on y), so a batch spreads out. Because the
+value of information is not concave in the number of runs, a point is valued at
+the best rate per run of a few replicate seeds of it (KG(*), Frazier & Powell 2010).
 
 Also here: the single-law version (largest reduction of Var(g) per FLOP). The
 baselines (grid, random, IsoFLOP) are in baselines.py and re-exported here.
 
 References:
   Frazier, Powell & Dayanik 2009, "The knowledge-gradient policy for correlated normal beliefs".
+  Frazier & Powell 2010, "Paradoxes in learning and the marginal value of information".
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from active_learning.threads import one_blas_thread
 __all__ = ["Belief", "ExperimentPoint", "PoolPoint", "choose_for_single_law", "choose_next_runs", "grid_design",
            "isoflop_design", "knowledge_gradient", "random_design"]
 KG_FLOOR = 1e-12  # below this the decision is settled and design falls back to variance reduction
+MAX_REPLICATES = 8  # KG(*) looks at most this many replicate runs ahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +262,7 @@ def choose_next_runs(
     jitter = 1.0 + 1e-9 * rng.random(cost.shape)
     chosen, spent = [], 0.0
     while (affordable := (cost <= flop_budget - spent) & (seeds_left > 0)).any():
-        value = _acquisition(design, g, prediction_weight, affordable)
+        value = _acquisition(design, g, prediction_weight, affordable, seeds_left)
         score = np.where(affordable, value / cost * jitter, -np.inf)
         k, m = np.unravel_index(int(np.argmax(score)), score.shape)
         design.observe(k, m)
@@ -280,22 +284,42 @@ def _seeds_left(names: Sequence[str], pool: Sequence[PoolPoint], allowed: Sequen
     return left
 
 
-def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affordable: np.ndarray) -> np.ndarray:
+def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affordable: np.ndarray,
+                 seeds_left: np.ndarray | None = None) -> np.ndarray:
     """Expected reduction of regret plus weighted mean absolute prediction error, per proposal [K, M].
 
     A run that moves the posterior mean of g by s Z cuts the Bayes risk of the decision by the
     knowledge gradient (Frazier, Powell & Dayanik 2009) and shrinks each Var(g_l) by s_l^2; a
     Gaussian's expected absolute error is sqrt(2/pi) sd, so both terms are in log-loss units.
+
+    The value of information is not concave: one run of a close contender can look worthless
+    while a few runs settle the decision. As in the KG(*) policy (Frazier & Powell 2010, "Paradoxes
+    in learning and the marginal value of information"), a proposal is valued at the best
+    average value per run of r = 1 .. seeds_left replicate runs (their mean observes y with
+    noise variance sigma^2 / r), and the greedy loop then plans the first of them.
     """
-    cross, var = design.moments()
+    cross, own = design.moments()
+    noise = design.belief.noise_var
+    most = 1 if seeds_left is None else int(min(np.max(seeds_left, initial=1), MAX_REPLICATES))
+    best = np.zeros(own.shape)
+    for r in range(1, max(most, 1) + 1):
+        value = _value(design, g, cross, own - noise + noise / r, prediction_weight) / r
+        allowed = True if seeds_left is None else seeds_left >= r
+        best = np.where(allowed, np.maximum(best, value), best)
+    if prediction_weight <= 0 and best[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction
+        best = cross[:, :, int(np.argmin(g))] ** 2 / own
+    return best
+
+
+def _value(design: _Design, g: np.ndarray, cross: np.ndarray, var: np.ndarray,
+           prediction_weight: float) -> np.ndarray:
+    """Knowledge gradient plus weighted prediction-error reduction of observing y with variance var [K, M]."""
     s = cross / np.sqrt(var)[..., None]  # [K, M, K]
     value = _gains(g, s.reshape(-1, len(g))).reshape(var.shape)
     if prediction_weight > 0:
         v = design.target_var()
         sd_after = np.sqrt(np.maximum(v - s**2, 0.0))
         value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(v) - sd_after, axis=-1)
-    elif value[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction instead
-        value = cross[:, :, int(np.argmin(g))] ** 2 / var
     return value
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from active_learning.choose import (Belief, _Design, choose_for_single_law, choose_next_runs, grid_design,
+from active_learning.choose import (Belief, _acquisition, _Design, choose_for_single_law, choose_next_runs, grid_design,
                                     isoflop_design, knowledge_gradient, random_design)
 from active_learning.fit import FitConfig, fit_law
 from active_learning.pooled import fit_pooled
@@ -80,6 +80,21 @@ def test_once_the_decision_is_settled_runs_go_to_the_least_certain_prediction(rn
     pool = [(n, 1e18 / (6 * n)) for n in (2e7, 4e7, 8e7)]
     both = choose_next_runs(fit, pool, TARGET, 1e18, np.random.default_rng(0))
     assert [c for c, _, _ in both] == ["unmeasured"]
+
+
+def test_replicates_are_valued_at_their_best_rate_per_run(rng, chinchilla_runs, isoflop_points):
+    # KG(*): looking ahead to r replicate runs never lowers a proposal's value per run, and where
+    # one run of a point barely moves the decision, a few runs of it are worth more per run.
+    fit = fit_pooled(_campaign(rng, chinchilla_runs, isoflop_points))
+    belief = Belief.from_pooled(fit)
+    g, grads = belief.target(TARGET)
+    jac, cost = belief.observations([(n, 1e18 / (6 * n)) for n in (2e7, 4e7, 8e7)])
+    design = _Design(belief, grads, jac, cost, belief.cov.copy())
+    every = np.ones(cost.shape, dtype=bool)
+    one = _acquisition(design, g, 0.0, every, np.full(cost.shape, 1.0))
+    four = _acquisition(design, g, 0.0, every, np.full(cost.shape, 4.0))
+    assert np.all(four >= one)
+    assert np.any(four > 1.01 * one)
 
 
 def test_seeds_per_point_are_capped_counting_the_runs_already_made(rng, chinchilla_runs, isoflop_points):
