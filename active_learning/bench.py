@@ -105,7 +105,10 @@ class BenchConfig:
 
     @property
     def grid_flops(self) -> float:
-        return self.n_candidates * sum(6.0 * n * d for n, d in self.pool())
+        """FLOPs of the full grid with the base runs every design starts from, so that budget 1.0
+        affords every (candidate, pool point) after them (without them one grid run was cut)."""
+        per_candidate = sum(6.0 * n * d for n, d in self.pool()) + 6.0 * self.base_point[0] * self.base_point[1]
+        return self.n_candidates * per_candidate
 
 
 @dataclasses.dataclass(frozen=True)

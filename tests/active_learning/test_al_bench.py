@@ -58,3 +58,10 @@ def test_runs_count_seeds_per_pool_point_for_the_seed_cap():
 def test_the_seed_cap_cannot_exceed_the_simulated_noise_draws():
     with pytest.raises(SystemExit):
         bench.main(["--max-seeds", str(bench.NOISE_DRAWS + 1)])
+
+
+def test_the_full_grid_budget_affords_every_pool_point_for_every_candidate():
+    cfg = bench.BenchConfig()
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(0))
+    runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
+    assert sum(len(r) for r in runs.by_candidate.values()) == cfg.n_candidates * (len(cfg.pool()) + 1)
