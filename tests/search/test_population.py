@@ -172,7 +172,10 @@ def test_the_islands_rebuilt_from_the_database_equal_the_live_ones():
     config = PopulationConfig(n_islands=3, reset_period=6, temperature_period=4)
     live, mutator, rng = Population(config), mutate.Mutator(), np.random.default_rng(0)
 
+    evaluated = []
+
     def evaluate(program, island):
+        evaluated.append(program.id)
         loss = 2.0 + int(program.source_hash[:6], 16) / 16**6  # a fake, deterministic base-run loss
         run = record.plan_run(db, Run(program_id=program.id, stage=int(Stage.BASE), n_target=1e5, d_target=5e5))
         reg = Registration(program.id, island, loss, int(Stage.BASE), programs.evolved_length(program.source))
@@ -212,7 +215,8 @@ def test_the_islands_rebuilt_from_the_database_equal_the_live_ones():
     record.record_fits(db, [Fit(program_id=p, loss_at_c_star=v) for p, v in predicted.items()], registrations=regs)
     for r in regs:
         live.register(r.program_id, r.island, r.score, r.stage, r.length)
-    assert len(regs) == live.n_evaluations == 31
+    assert len(evaluated) > 20  # the mutator may find no new child for a pair of parents now and then
+    assert len(regs) == live.n_evaluations == len(evaluated)
     replayed = Population.replay(query.registrations(db), config)
     assert live.resets and replayed.islands == live.islands and replayed.entries == live.entries
-    assert len(query.seen_hashes(db)) == 31
+    assert len(query.seen_hashes(db)) == len(evaluated)
