@@ -72,6 +72,10 @@ class BenchConfig:
         A few seeds, as a campaign would rerun a proxy; never more than the simulator's
         independent noise draws per point.
       al_prediction_weight: choose_next_runs' weight of the predictions' error against the decision.
+        0.25 rather than the library's 1: on the default 40 campaigns it picked the true best more
+        often at every budget from 0.2 on (0.80 against 0.72 at 0.3, 0.85 against 0.80 at 1.0) with
+        about the same mean error from 0.1 on; the decision term alone (0) picks best but leaves the
+        predictions of the candidates out of contention far worse.
     """
 
     n_candidates: int = 8
@@ -89,7 +93,7 @@ class BenchConfig:
     repeats: int = 40
     pooling: PoolingConfig = PoolingConfig(varying=("e", "a", "b", "alpha", "beta"))
     al_max_seeds: int = 4
-    al_prediction_weight: float = 1.0
+    al_prediction_weight: float = 0.25
 
     def pool(self) -> list[tuple[float, float]]:
         return [(float(n), float(n * r)) for n in np.geomspace(self.n_min, self.n_max, self.n_sizes)
@@ -282,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seeds", type=int, default=None, help="active learning's seeds per point (default 4)")
     parser.add_argument("--prediction-weight", type=float, default=None,
-                        help="active learning's weight of prediction error against the decision (default 1)")
+                        help="active learning's weight of prediction error against the decision (default 0.25)")
     args = parser.parse_args(argv)
     cfg = BenchConfig()
     if args.quick:
