@@ -285,7 +285,7 @@ def _seeds_left(names: Sequence[str], pool: Sequence[PoolPoint], allowed: Sequen
 
 
 def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affordable: np.ndarray,
-                 seeds_left: np.ndarray | None = None) -> np.ndarray:
+                 seeds_left: np.ndarray) -> np.ndarray:
     """Expected reduction of regret plus weighted mean absolute prediction error, per proposal [K, M].
 
     A run that moves the posterior mean of g by s Z cuts the Bayes risk of the decision by the
@@ -300,26 +300,25 @@ def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affor
     """
     cross, own = design.moments()
     noise = design.belief.noise_var
-    most = 1 if seeds_left is None else int(min(np.max(seeds_left, initial=1), MAX_REPLICATES))
+    target_var = design.target_var() if prediction_weight > 0 else None
+    most = int(min(np.max(seeds_left, initial=1), MAX_REPLICATES))
     best = np.zeros(own.shape)
-    for r in range(1, max(most, 1) + 1):
-        value = _value(design, g, cross, own - noise + noise / r, prediction_weight) / r
-        allowed = True if seeds_left is None else seeds_left >= r
-        best = np.where(allowed, np.maximum(best, value), best)
+    for r in range(1, most + 1):
+        value = _value(g, cross, own - noise + noise / r, prediction_weight, target_var) / r
+        best = np.where(seeds_left >= r, np.maximum(best, value), best)
     if prediction_weight <= 0 and best[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction
         best = cross[:, :, int(np.argmin(g))] ** 2 / own
     return best
 
 
-def _value(design: _Design, g: np.ndarray, cross: np.ndarray, var: np.ndarray,
-           prediction_weight: float) -> np.ndarray:
+def _value(g: np.ndarray, cross: np.ndarray, var: np.ndarray, prediction_weight: float,
+           target_var: np.ndarray | None) -> np.ndarray:
     """Knowledge gradient plus weighted prediction-error reduction of observing y with variance var [K, M]."""
     s = cross / np.sqrt(var)[..., None]  # [K, M, K]
     value = _gains(g, s.reshape(-1, len(g))).reshape(var.shape)
     if prediction_weight > 0:
-        v = design.target_var()
-        sd_after = np.sqrt(np.maximum(v - s**2, 0.0))
-        value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(v) - sd_after, axis=-1)
+        sd_after = np.sqrt(np.maximum(target_var - s**2, 0.0))
+        value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(target_var) - sd_after, axis=-1)
     return value
 
 
