@@ -142,7 +142,8 @@ class CampaignSpec:
         return p if p.is_absolute() or not self.path else pathlib.Path(self.path).parent / p
 
 
-def _build(cls, table: Mapping[str, Any], where: str):
+def build_table(cls, table: Mapping[str, Any], where: str):
+    """A ``cls`` from a TOML table: unknown keys and values of the wrong type are a SpecError."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))
     if unknown:
@@ -176,8 +177,8 @@ def parse_spec(data: Mapping[str, Any], path: str = "") -> CampaignSpec:
     for key in ("budget", "proxies", "evaluator", "population", "proposer", "path"):
         if key in campaign:
             raise SpecError(f"[campaign] {key} must be its own [{key}] section")
-    nested = {name: _build(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()}
-    spec = _build(CampaignSpec, campaign, "campaign")
+    nested = {name: build_table(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()}
+    spec = build_table(CampaignSpec, campaign, "campaign")
     spec = dataclasses.replace(spec, **nested, proposer=dict(data.get("proposer", {})), path=str(path))
     _check(spec)
     return spec

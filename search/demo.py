@@ -15,6 +15,7 @@ import sys
 
 DEMO_DIR = pathlib.Path("runs/demo")
 DEMO_OVERRIDES = {
+    "\nseed = 0 ": "\nseed = {seed} ",
     "candidates = 40": "candidates = {candidates}",
     'compare = []': 'compare = ["reference.py"]',
     "base_n = 1e5": "base_n = 5e4",
@@ -37,10 +38,9 @@ def write_demo(root: pathlib.Path, candidates: int = 32, simulate: bool = False,
     text = SPEC_TEMPLATE.format(name="demo", spec_name=root / "campaign.toml")
     for old, new in DEMO_OVERRIDES.items():
         assert old in text, old  # the template and the demo must not drift apart
-        text = text.replace(old, new.format(candidates=candidates))
+        text = text.replace(old, new.format(candidates=candidates, seed=int(seed)))
     if simulate:
         text = text.replace("simulate = false", "simulate = true")
-    text = text.replace("\nseed = 0 ", f"\nseed = {int(seed)} ", 1)
     (root / "campaign.toml").write_text(text)
     return root / "campaign.toml"
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from db.rows import Failure, ProposerCall
+from search.config import build_table
 from search.mutate import DEFAULT_EDIT_WEIGHTS, Child, Mutator, MutatorConfig
 from search.prompt import Parent, build_prompt
 
@@ -94,18 +95,13 @@ def mutator_config(section: Mapping[str, Any]) -> MutatorConfig:
     if not isinstance(sub, Mapping):
         raise ValueError(f"[proposer] mutator must be a table of the mutator's settings, got {sub!r}")
     given.update(sub)
-    if unknown := sorted(set(given) - fields):
-        raise ValueError(f"[proposer.mutator]: unknown key(s) {unknown}; known keys are {sorted(fields)}")
-    config = MutatorConfig()
-    for key, value in given.items():
-        if key == "edit_weights":
-            if not isinstance(value, Mapping):
-                raise ValueError(f"[proposer] edit_weights must be a table of edit = weight, got {value!r}")
-            value = tuple({**dict(DEFAULT_EDIT_WEIGHTS), **value}.items())
-        elif not isinstance(value, type(getattr(config, key))) and not (
-                isinstance(value, int) and isinstance(getattr(config, key), float)):
-            raise ValueError(f"[proposer] {key} must be a {type(getattr(config, key)).__name__}, got {value!r}")
-        config = dataclasses.replace(config, **{key: value})
+    if "evolve" in given:
+        raise ValueError("[proposer.mutator] evolve is the campaign's: set it in [campaign]")
+    if "edit_weights" in given:
+        if not isinstance(given["edit_weights"], Mapping):
+            raise ValueError(f"[proposer] edit_weights must be a table of edit = weight, got {given['edit_weights']!r}")
+        given["edit_weights"] = tuple({**dict(DEFAULT_EDIT_WEIGHTS), **given["edit_weights"]}.items())
+    config = build_table(MutatorConfig, given, "proposer.mutator")
     Mutator(config)  # validates the edit weights now, not at the first proposal
     return config
 
