@@ -1,7 +1,7 @@
 """Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
 
 Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S] [--max-seeds M]
-[--prediction-weight W]`.
+[--prediction-weight W] [--oracle]`.
 
 Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
 best at the base run is not the best at C*), with 1% log-normal seed noise on
@@ -23,6 +23,13 @@ never), al_pick_rate (active learning's pick rate at that budget, where it stops
 and small_scale_pick_rate (ranking by the base run's observed loss alone). A
 secondary key, al_flops_fraction_to_match_grid_best_candidate, applies the same
 rule to the error of the true best candidate's prediction.
+
+With --oracle it also asks how much any design could do (oracle.py): at every
+budget, the mean posterior sd of log L*(C*) of the best relaxed design computed
+at the true laws, and of active learning's actual runs, both as ratios to the full
+grid's, linearised at the truth. oracle_flops_fraction_to_match_grid is the smallest
+budget at which the best design's mean ratio is at most 1: below it, matching the grid's
+error takes luck, not design.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from active_learning import allocate
+from active_learning import allocate, oracle
 from active_learning.baselines import grid_design, random_design
 from active_learning.choose import choose_next_runs
 from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
@@ -211,6 +218,39 @@ def _fixed_design(campaign: Campaign, cfg: BenchConfig, design: str, budget: flo
     return runs
 
 
+def _oracle_campaign(campaign: Campaign, cfg: BenchConfig) -> oracle.Campaign:
+    """The campaign as oracle.py sees it: the true laws and departures' spread, the fit's weak shared prior."""
+    pooling = cfg.pooling
+    shared_sd = [pooling.exponent_prior[1] if name in ("alpha", "beta") else pooling.level_prior_sd
+                 for name in Chinchilla().param_names]
+    return oracle.Campaign(campaign.theta, cfg.pool(), [cfg.base_point], cfg.target_flops, cfg.noise,
+                           np.array(cfg.spread), np.array(shared_sd))
+
+
+def _counts(runs: Runs) -> np.ndarray:
+    """Runs per (candidate, pool point) [K, M], the base runs excluded (they may share a pool point)."""
+    pool = runs.cfg.pool()
+    out = np.zeros((len(runs.campaign.names), len(pool)))
+    for (k, m), j in runs.counts.items():
+        if m < out.shape[1]:
+            out[k, m] = j
+    if runs.cfg.base_point in pool:
+        out[:, pool.index(runs.cfg.base_point)] -= 1
+    return out
+
+
+def _design_bounds(campaign: Campaign, cfg: BenchConfig, al_counts: dict[float, np.ndarray]) -> dict[float, dict]:
+    """Per budget: the best design's and active learning's mean sd of log L*(C*), relative to the full grid's."""
+    truth = _oracle_campaign(campaign, cfg)
+    grid = oracle.evaluate(truth, np.ones_like(al_counts[max(cfg.budgets)])).mean_sd
+    base = cfg.n_candidates * 6.0 * cfg.base_point[0] * cfg.base_point[1]
+    out = {}
+    for b in cfg.budgets:
+        best = oracle.optimal_design(truth, b * cfg.grid_flops - base, max_seeds=cfg.al_max_seeds).mean_sd
+        out[b] = {"oracle_sd_ratio": best / grid, "al_sd_ratio": oracle.evaluate(truth, al_counts[b]).mean_sd / grid}
+    return out
+
+
 def _active_learning(campaign: Campaign, cfg: BenchConfig, rng: np.random.Generator) -> dict[float, dict]:
     """Refit, score at the scoring budgets, and choose the next batch, until the largest budget."""
     runs, out = Runs.start(campaign, cfg), {}
@@ -224,12 +264,12 @@ def _active_learning(campaign: Campaign, cfg: BenchConfig, rng: np.random.Genera
                 runs.add(c, n, d)
             fit = fit_pooled(runs.by_candidate, cfg.pooling)
         if step in cfg.budgets:
-            out[step] = score(runs, fit) | {"flops_fraction": runs.flops / cfg.grid_flops}
+            out[step] = score(runs, fit) | {"flops_fraction": runs.flops / cfg.grid_flops, "counts": _counts(runs)}
     return out
 
 
-def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence) -> dict:
-    """One campaign: every design at every budget, plus the small-scale ranking."""
+def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence, with_oracle: bool = False) -> dict:
+    """One campaign: every design at every budget, plus the small-scale ranking (and the design bounds)."""
     sim_seed, random_seed, al_seed = seed.spawn(3)
     campaign = simulate_campaign(cfg, np.random.default_rng(sim_seed))
     base = Runs.start(campaign, cfg)
@@ -239,6 +279,9 @@ def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence) -> dict:
     random_rng = np.random.default_rng(random_seed)
     for design in ("grid", "random"):
         result[design] = {b: score(_fixed_design(campaign, cfg, design, b, random_rng)) for b in cfg.budgets}
+    counts = {b: result["al"][b].pop("counts") for b in cfg.budgets}
+    if with_oracle:
+        result["oracle"] = _design_bounds(campaign, cfg, counts)
     return result
 
 
@@ -256,6 +299,12 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     matched = [b for b in cfg.budgets if designs["al"][str(b)]["mare"] <= grid_error]
     matched_best = [b for b in cfg.budgets if designs["al"][str(b)]["best_error"] <= designs["grid"][full]["best_error"]]
     stop = min(matched) if matched else max(cfg.budgets)
+    bounds = {}
+    if all("oracle" in r for r in results):
+        ratios = {str(b): {key: float(np.mean([r["oracle"][b][key] for r in results]))
+                           for key in ("oracle_sd_ratio", "al_sd_ratio")} for b in cfg.budgets}
+        reached = [b for b in cfg.budgets if ratios[str(b)]["oracle_sd_ratio"] <= 1.0]
+        bounds = {"design_sd_ratios": ratios, "oracle_flops_fraction_to_match_grid": min(reached) if reached else None}
     return {
         "designs": designs,
         "al_flops_fraction_to_match_grid": min(matched) if matched else None,
@@ -268,14 +317,17 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         "repeats": len(results),
         "target_flops": cfg.target_flops,
         "grid_flops": cfg.grid_flops,
-    }
+    } | bounds
 
 
 def _print_table(summary: dict, cfg: BenchConfig) -> None:
-    print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick")))
+    ratios = summary.get("design_sd_ratios")
+    extra = "   sd/grid: best design, al" if ratios else ""
+    print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick")) + extra)
     for b in cfg.budgets:
         cells = [summary["designs"][d][str(b)] for d in ("grid", "random", "al")]
-        print(f"{b:6.3f}  " + "  ".join(f"{c['mare']:12.4f} / {c['pick_rate']:.2f}" for c in cells))
+        bound = f"   {ratios[str(b)]['oracle_sd_ratio']:8.3f}, {ratios[str(b)]['al_sd_ratio']:.3f}" if ratios else ""
+        print(f"{b:6.3f}  " + "  ".join(f"{c['mare']:12.4f} / {c['pick_rate']:.2f}" for c in cells) + bound)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seeds", type=int, default=None, help="active learning's seeds per point (default 4)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="also compute the best design at the true laws at every budget (oracle.py; slower)")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
     args = parser.parse_args(argv)
@@ -304,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
         results = []
-        for i, res in enumerate(pool.map(run_repeat, [cfg] * cfg.repeats, seeds)):
+        for i, res in enumerate(pool.map(run_repeat, [cfg] * cfg.repeats, seeds, [args.oracle] * cfg.repeats)):
             results.append(res)
             print(f"repeat {i + 1}/{cfg.repeats} done ({time.time() - start:.0f}s)", file=sys.stderr, flush=True)
     summary = summarise(cfg, results)

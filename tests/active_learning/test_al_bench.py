@@ -65,3 +65,27 @@ def test_the_full_grid_budget_affords_every_pool_point_for_every_candidate():
     campaign = bench.simulate_campaign(cfg, np.random.default_rng(0))
     runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
     assert sum(len(r) for r in runs.by_candidate.values()) == cfg.n_candidates * (len(cfg.pool()) + 1)
+
+
+def test_the_oracle_bound_is_at_most_the_grid_at_the_full_budget_and_summarised():
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, tokens_per_param=(10.0, 40.0),
+                              budgets=(0.2, 1.0), al_steps=(0.1, 0.2, 1.0), repeats=1)
+    result = bench.run_repeat(cfg, np.random.SeedSequence(0), with_oracle=True)
+    bounds = result["oracle"]
+    assert bounds[1.0]["oracle_sd_ratio"] <= 1.0 + 1e-6  # the full grid is a design the optimum could choose
+    assert bounds[0.2]["oracle_sd_ratio"] > bounds[1.0]["oracle_sd_ratio"]
+    assert bounds[0.2]["oracle_sd_ratio"] <= bounds[0.2]["al_sd_ratio"] * (1 + 1e-3)  # nothing beats the best
+    summary = bench.summarise(cfg, [result])
+    assert summary["oracle_flops_fraction_to_match_grid"] == 1.0 or bounds[0.2]["oracle_sd_ratio"] <= 1.0
+    assert "counts" not in result["al"][1.0]  # the design's counts stay out of the printed JSON
+
+
+def test_design_counts_leave_out_the_base_runs_the_bound_adds_itself():
+    cfg = bench.BenchConfig()
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(0))
+    runs = bench.Runs.start(campaign, cfg)
+    assert not bench._counts(runs).any()
+    n, d = cfg.base_point
+    runs.add("cand2", n, d)
+    counts = bench._counts(runs)
+    assert counts.sum() == 1 and counts[2, cfg.pool().index(cfg.base_point)] == 1

@@ -1,0 +1,89 @@
+"""The best-design bound: its posterior against a direct one, its gradient, and what an optimum must satisfy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from active_learning import oracle
+from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features
+
+POOL = [(float(n), float(n * r)) for n in (1e7, 4e7, 1.6e8) for r in (5.0, 20.0, 80.0)]
+TAU = np.array([0.05, 0.3, 0.3, 0.03, 0.03])
+SHARED = np.array([3.0, 3.0, 3.0, 0.3, 0.3])
+
+
+def _campaign(k: int = 3, seed: int = 0, pool=POOL) -> oracle.Campaign:
+    theta = HOFFMANN_2022 + np.random.default_rng(seed).standard_normal((k, 5)) * TAU
+    return oracle.Campaign(theta, pool, [(1e7, 2e8)], 1e21, 0.01, TAU, SHARED)
+
+
+def test_one_candidates_sd_matches_the_direct_gaussian_posterior():
+    # With one candidate, theta = mu + delta has prior covariance diag(shared^2 + tau^2): the lifted
+    # model must give the textbook posterior g^T (Sigma0^-1 + J^T W J / sigma^2)^-1 g.
+    campaign = _campaign(k=1)
+    weights = np.random.default_rng(1).uniform(0, 3, (1, len(POOL)))
+    law, theta = Chinchilla(), campaign.theta[0]
+    n, d = np.array(POOL).T
+    jac = law.log_loss_jac(theta, Features.from_arrays(n, d))[1]
+    base = law.log_loss_jac(theta, Features.from_arrays([1e7], [2e8]))[1]
+    info = (jac.T * weights[0]) @ jac + base.T @ base
+    cov = np.linalg.inv(np.diag(1.0 / (SHARED**2 + TAU**2)) + info / 0.01**2)
+    g = campaign.target_gradients()[0]
+    assert oracle.evaluate(campaign, weights).mean_sd == pytest.approx(math.sqrt(g @ cov @ g), rel=1e-8)
+
+
+def test_the_gradient_matches_finite_differences():
+    lin = oracle._Linearised.build(_campaign())
+    w = np.random.default_rng(2).uniform(0.5, 2.0, lin.jac.shape[:2])
+    _, grad = lin.mean_sd(w)
+    step = 1e-5
+    for k, m in [(0, 0), (1, 4), (2, 8)]:
+        up, down = w.copy(), w.copy()
+        up[k, m] += step
+        down[k, m] -= step
+        numeric = (lin.mean_sd(up)[0] - lin.mean_sd(down)[0]) / (2 * step)
+        assert grad[k, m] == pytest.approx(numeric, rel=1e-4)
+
+
+def test_the_optimum_spends_the_budget_within_the_cap_and_beats_the_grid_at_its_flops():
+    campaign = _campaign()
+    grid = oracle.evaluate(campaign, np.ones((3, len(POOL))))
+    best = oracle.optimal_design(campaign, grid.flops, max_seeds=2.0)
+    assert best.flops == pytest.approx(grid.flops, rel=1e-9)
+    assert best.weights.min() >= 0 and best.weights.max() <= 2.0 + 1e-12
+    assert best.mean_sd <= grid.mean_sd  # the grid is one of the designs it chose from
+    assert oracle.evaluate(campaign, best.weights).mean_sd == pytest.approx(best.mean_sd)
+
+
+def test_more_flops_never_hurt_the_best_design():
+    campaign = _campaign(seed=3)
+    grid_flops = oracle.evaluate(campaign, np.ones((3, len(POOL)))).flops
+    sds = [oracle.optimal_design(campaign, f * grid_flops).mean_sd for f in (0.1, 0.3, 1.0)]
+    assert sds[0] > sds[1] > sds[2]
+
+
+def test_the_best_design_has_no_better_vertex():
+    # First-order optimality: no design within the budget and cap improves on the optimum along a straight line.
+    campaign = _campaign(seed=4)
+    budget = 0.3 * oracle.evaluate(campaign, np.ones((3, len(POOL)))).flops
+    best = oracle.optimal_design(campaign, budget, rel_gap=1e-6)
+    lin = oracle._Linearised.build(campaign)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        other = rng.dirichlet(np.ones(best.weights.size)) * budget / np.tile(campaign.cost(), 3)
+        other = other.reshape(best.weights.shape)
+        if other.max() > 4.0:
+            continue
+        assert lin.mean_sd(best.weights + 0.05 * (other - best.weights))[0] >= best.mean_sd * (1 - 1e-5)
+
+
+def test_a_budget_the_cap_cannot_spend_is_refused():
+    campaign = _campaign(pool=POOL[:2])
+    most = 4.0 * 3 * float(campaign.cost().sum())
+    with pytest.raises(ValueError, match="max_seeds"):
+        oracle.optimal_design(campaign, 1.01 * most)
+    with pytest.raises(ValueError, match="flop_budget"):
+        oracle.optimal_design(campaign, 0.0)
