@@ -242,8 +242,8 @@ def _counts(runs: Runs) -> np.ndarray:
 def _design_bounds(campaign: Campaign, cfg: BenchConfig, al_counts: dict[float, np.ndarray]) -> dict[float, dict]:
     """Per budget: the best design's and active learning's mean sd of log L*(C*), relative to the full grid's."""
     truth = _oracle_campaign(campaign, cfg)
-    grid = oracle.evaluate(truth, np.ones_like(al_counts[max(cfg.budgets)])).mean_sd
-    base = cfg.n_candidates * 6.0 * cfg.base_point[0] * cfg.base_point[1]
+    grid = oracle.evaluate(truth, np.ones(truth.shape[:2])).mean_sd
+    base = Runs.start(campaign, cfg).flops
     out = {}
     for b in cfg.budgets:
         best = oracle.optimal_design(truth, b * cfg.grid_flops - base, max_seeds=cfg.al_max_seeds).mean_sd
@@ -251,9 +251,14 @@ def _design_bounds(campaign: Campaign, cfg: BenchConfig, al_counts: dict[float, 
     return out
 
 
-def _active_learning(campaign: Campaign, cfg: BenchConfig, rng: np.random.Generator) -> dict[float, dict]:
-    """Refit, score at the scoring budgets, and choose the next batch, until the largest budget."""
-    runs, out = Runs.start(campaign, cfg), {}
+def _active_learning(campaign: Campaign, cfg: BenchConfig,
+                     rng: np.random.Generator) -> tuple[dict[float, dict], dict[float, np.ndarray]]:
+    """Refit, score at the scoring budgets, and choose the next batch, until the largest budget.
+
+    Returns:
+      the scores per scoring budget, and the runs made by then per (candidate, pool point).
+    """
+    runs, out, counts = Runs.start(campaign, cfg), {}, {}
     fit = fit_pooled(runs.by_candidate, cfg.pooling)
     for step in sorted(set(cfg.al_steps) | set(cfg.budgets)):
         remaining = step * cfg.grid_flops - runs.flops
@@ -264,8 +269,9 @@ def _active_learning(campaign: Campaign, cfg: BenchConfig, rng: np.random.Genera
                 runs.add(c, n, d)
             fit = fit_pooled(runs.by_candidate, cfg.pooling)
         if step in cfg.budgets:
-            out[step] = score(runs, fit) | {"flops_fraction": runs.flops / cfg.grid_flops, "counts": _counts(runs)}
-    return out
+            out[step] = score(runs, fit) | {"flops_fraction": runs.flops / cfg.grid_flops}
+            counts[step] = _counts(runs)
+    return out, counts
 
 
 def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence, with_oracle: bool = False) -> dict:
@@ -274,12 +280,11 @@ def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence, with_oracle: bool
     campaign = simulate_campaign(cfg, np.random.default_rng(sim_seed))
     base = Runs.start(campaign, cfg)
     small = np.argmin([base.by_candidate[c][0].loss for c in campaign.names])
-    result = {"small_scale_pick": float(small == np.argmin(campaign.true_optimum)),
-              "al": _active_learning(campaign, cfg, np.random.default_rng(al_seed))}
+    al_scores, counts = _active_learning(campaign, cfg, np.random.default_rng(al_seed))
+    result = {"small_scale_pick": float(small == np.argmin(campaign.true_optimum)), "al": al_scores}
     random_rng = np.random.default_rng(random_seed)
     for design in ("grid", "random"):
         result[design] = {b: score(_fixed_design(campaign, cfg, design, b, random_rng)) for b in cfg.budgets}
-    counts = {b: result["al"][b].pop("counts") for b in cfg.budgets}
     if with_oracle:
         result["oracle"] = _design_bounds(campaign, cfg, counts)
     return result

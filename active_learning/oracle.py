@@ -24,17 +24,16 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import optimize
 
 from active_learning import allocate
-from active_learning.scaling_law import Chinchilla, Features, ScalingLaw
+from active_learning.baselines import PoolPoint
+from active_learning.choose import Belief
+from active_learning.scaling_law import Chinchilla, Reparam, ScalingLaw
 from active_learning.threads import one_blas_thread
-
-PoolPoint = tuple[float, float]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,24 +64,20 @@ class Campaign:
     def shape(self) -> tuple[int, int, int]:
         return self.theta.shape[0], len(self.pool), self.theta.shape[1]
 
+    def belief(self) -> Belief:
+        """The prior as choose.py's Belief, in natural coordinates: Cov(theta_k, theta_l) = S^2 + [k = l] T^2.
+
+        Its Jacobians and target gradients are the ones active learning plans with.
+        """
+        k, _, p = self.shape
+        shared, own = np.diag(np.asarray(self.shared_sd, float) ** 2), np.diag(np.asarray(self.tau, float) ** 2)
+        cov = np.kron(np.ones((k, k)), shared) + np.kron(np.eye(k), own)
+        return Belief(self.law, tuple(f"cand{j}" for j in range(k)), np.asarray(self.theta, float),
+                      Reparam(np.eye(p), np.zeros(p)), cov, self.noise**2, (allocate.FlopsModel(),) * k)
+
     def cost(self) -> np.ndarray:
-        """FLOPs of one run at each pool point, 6ND [M]."""
-        return np.array([6.0 * n * d for n, d in self.pool])
-
-    def jacobians(self, points: Sequence[PoolPoint]) -> np.ndarray:
-        """d log L / d theta_k at the points, per candidate [K, len(points), p]."""
-        n, d = np.array(points, dtype=float).reshape(-1, 2).T
-        x = Features.from_arrays(n, d)
-        return np.stack([self.law.log_loss_jac(t, x)[1] for t in self.theta])
-
-    def target_gradients(self) -> np.ndarray:
-        """d log L*_k(C*) / d theta_k at each candidate's compute-optimal (N, D) [K, p] (envelope theorem)."""
-        rows = []
-        for t in self.theta:
-            log_n, log_d = allocate.log_optimal_allocation(self.law, t, self.target_flops)
-            x = Features.from_arrays([math.exp(float(log_n))], [math.exp(float(log_d))])
-            rows.append(self.law.log_loss_jac(t, x)[1][0])
-        return np.array(rows)
+        """FLOPs of one run at each pool point [M] (6ND)."""
+        return self.belief().observations(self.pool)[1][0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +85,7 @@ class _Linearised:
     """The campaign's Jacobians, fixed for one optimisation."""
 
     jac: np.ndarray  # [K, M, p]
+    cost: np.ndarray  # FLOPs of one run [K, M]
     fixed_info: np.ndarray  # per candidate information of the fixed runs [K, p, p]
     grads: np.ndarray  # [K, p]
     prior: np.ndarray  # precision of (mu, delta_1 .. delta_K) [q, q]
@@ -98,13 +94,15 @@ class _Linearised:
     @classmethod
     def build(cls, campaign: Campaign) -> _Linearised:
         k, _, p = campaign.shape
-        fixed = campaign.jacobians(campaign.fixed) if len(campaign.fixed) else np.zeros((k, 0, p))
+        belief = campaign.belief()
+        jac, cost = belief.observations(campaign.pool)
+        fixed = belief.observations(campaign.fixed)[0] if len(campaign.fixed) else np.zeros((k, 0, p))
         prior = np.zeros((p * (k + 1),) * 2)
         prior[:p, :p] = np.diag(1.0 / np.asarray(campaign.shared_sd, float) ** 2)
         for j in range(k):
             prior[p * (j + 1):p * (j + 2), p * (j + 1):p * (j + 2)] = np.diag(1.0 / np.asarray(campaign.tau) ** 2)
-        return cls(campaign.jacobians(campaign.pool), np.einsum("kfa,kfb->kab", fixed, fixed),
-                   campaign.target_gradients(), prior, campaign.noise**2)
+        return cls(jac, cost, np.einsum("kfa,kfb->kab", fixed, fixed),
+                   belief.target(campaign.target_flops)[1], prior, campaign.noise**2)
 
     def covariance(self, weights: np.ndarray) -> np.ndarray:
         """Posterior covariance of (mu, delta) after `weights` runs at each (candidate, point) [q, q]."""
@@ -152,8 +150,9 @@ class Design:
 def evaluate(campaign: Campaign, weights: np.ndarray) -> Design:
     """The mean sd a given design reaches (for instance the full grid, all weights 1)."""
     weights = np.asarray(weights, dtype=float)
-    sd, _ = _Linearised.build(campaign).mean_sd(weights)
-    return Design(weights, sd, float(np.sum(weights * campaign.cost()[None])))
+    lin = _Linearised.build(campaign)
+    sd, _ = lin.mean_sd(weights)
+    return Design(weights, sd, float(np.sum(weights * lin.cost)))
 
 
 def _cheapest_vertex(grad: np.ndarray, cost: np.ndarray, budget: float, cap: float) -> np.ndarray:
@@ -193,11 +192,11 @@ def optimal_design(campaign: Campaign, flop_budget: float, *, max_seeds: float =
       ValueError: if the budget is not positive or exceeds what the cap allows.
     """
     k, m, _ = campaign.shape
-    cost = np.tile(campaign.cost(), k)
+    lin = _Linearised.build(campaign)
+    cost = lin.cost.ravel()
     most = max_seeds * float(cost.sum())
     if not 0 < flop_budget <= most:
         raise ValueError(f"flop_budget must be in (0, {most:.3g}] (max_seeds runs everywhere), got {flop_budget:.3g}")
-    lin = _Linearised.build(campaign)
     value = lambda x: lin.mean_sd(x.reshape(k, m))[0]  # noqa: E731
     x = np.full(k * m, flop_budget / float(cost.sum()))  # spread evenly: feasible, and a neutral start
     for _ in range(max_iter):
@@ -209,4 +208,4 @@ def optimal_design(campaign: Campaign, flop_budget: float, *, max_seeds: float =
                                         options=dict(xatol=1e-6)).x
         x = x + step * (vertex - x)
     weights = x.reshape(k, m)
-    return Design(weights, value(x), float(np.sum(weights * campaign.cost()[None])))
+    return Design(weights, value(x), float(np.sum(weights * lin.cost)))

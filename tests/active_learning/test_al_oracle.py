@@ -32,7 +32,7 @@ def test_one_candidates_sd_matches_the_direct_gaussian_posterior():
     base = law.log_loss_jac(theta, Features.from_arrays([1e7], [2e8]))[1]
     info = (jac.T * weights[0]) @ jac + base.T @ base
     cov = np.linalg.inv(np.diag(1.0 / (SHARED**2 + TAU**2)) + info / 0.01**2)
-    g = campaign.target_gradients()[0]
+    g = campaign.belief().target(campaign.target_flops)[1][0]
     assert oracle.evaluate(campaign, weights).mean_sd == pytest.approx(math.sqrt(g @ cov @ g), rel=1e-8)
 
 
