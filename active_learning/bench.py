@@ -29,7 +29,11 @@ budget, the mean posterior sd of log L*(C*) of the best relaxed design computed
 at the true laws, and of active learning's actual runs, both as ratios to the full
 grid's, linearised at the truth. oracle_flops_fraction_to_match_grid is the smallest
 budget at which the best design's mean ratio is at most 1: below it, matching the grid's
-error takes luck, not design.
+error takes luck, not design. For the decision it prints, per budget, the mean over
+campaigns of the highest first-order chance that any design puts the true best ahead of
+the runner-up (oracle_pick_bound: the design that spends everything on telling those two
+apart), and the same chance for active learning's runs (al_pick_probability);
+oracle_pick_bound_at_stop is the bound at the budget where al_pick_rate is read.
 """
 
 from __future__ import annotations
@@ -240,14 +244,19 @@ def _counts(runs: Runs) -> np.ndarray:
 
 
 def _design_bounds(campaign: Campaign, cfg: BenchConfig, al_counts: dict[float, np.ndarray]) -> dict[float, dict]:
-    """Per budget: the best design's and active learning's mean sd of log L*(C*), relative to the full grid's."""
+    """Per budget: the best design's and active learning's mean sd of log L*(C*), relative to the full grid's,
+    and the first-order chance of picking the true best of the best design for the decision and of active learning's.
+    """
     truth = _oracle_campaign(campaign, cfg)
     grid = oracle.evaluate(truth, np.ones(truth.shape[:2])).mean_sd
     base = Runs.start(campaign, cfg).flops
     out = {}
     for b in cfg.budgets:
-        best = oracle.optimal_design(truth, b * cfg.grid_flops - base, max_seeds=cfg.al_max_seeds).mean_sd
-        out[b] = {"oracle_sd_ratio": best / grid, "al_sd_ratio": oracle.evaluate(truth, al_counts[b]).mean_sd / grid}
+        budget = b * cfg.grid_flops - base
+        best = oracle.optimal_design(truth, budget, max_seeds=cfg.al_max_seeds).mean_sd
+        out[b] = {"oracle_sd_ratio": best / grid, "al_sd_ratio": oracle.evaluate(truth, al_counts[b]).mean_sd / grid,
+                  "oracle_pick_bound": oracle.pick_bound(truth, budget, max_seeds=cfg.al_max_seeds),
+                  "al_pick_probability": oracle.pick_probability(truth, al_counts[b])}
     return out
 
 
@@ -306,10 +315,12 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     stop = min(matched) if matched else max(cfg.budgets)
     bounds = {}
     if all("oracle" in r for r in results):
-        ratios = {str(b): {key: float(np.mean([r["oracle"][b][key] for r in results]))
-                           for key in ("oracle_sd_ratio", "al_sd_ratio")} for b in cfg.budgets}
+        keys = ("oracle_sd_ratio", "al_sd_ratio", "oracle_pick_bound", "al_pick_probability")
+        ratios = {str(b): {key: float(np.mean([r["oracle"][b][key] for r in results])) for key in keys}
+                  for b in cfg.budgets}
         reached = [b for b in cfg.budgets if ratios[str(b)]["oracle_sd_ratio"] <= 1.0]
-        bounds = {"design_sd_ratios": ratios, "oracle_flops_fraction_to_match_grid": min(reached) if reached else None}
+        bounds = {"design_sd_ratios": ratios, "oracle_flops_fraction_to_match_grid": min(reached) if reached else None,
+                  "oracle_pick_bound_at_stop": ratios[str(stop)]["oracle_pick_bound"]}
     return {
         "designs": designs,
         "al_flops_fraction_to_match_grid": min(matched) if matched else None,
@@ -327,11 +338,13 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
 
 def _print_table(summary: dict, cfg: BenchConfig) -> None:
     ratios = summary.get("design_sd_ratios")
-    extra = "   sd/grid: best design, al" if ratios else ""
+    extra = "   sd/grid: best design, al   pick: bound, al (first order)" if ratios else ""
     print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick")) + extra)
     for b in cfg.budgets:
         cells = [summary["designs"][d][str(b)] for d in ("grid", "random", "al")]
-        bound = f"   {ratios[str(b)]['oracle_sd_ratio']:8.3f}, {ratios[str(b)]['al_sd_ratio']:.3f}" if ratios else ""
+        r = ratios[str(b)] if ratios else {}
+        bound = (f"   {r['oracle_sd_ratio']:8.3f}, {r['al_sd_ratio']:.3f}"
+                 f"   {r['oracle_pick_bound']:10.3f}, {r['al_pick_probability']:.3f}") if ratios else ""
         print(f"{b:6.3f}  " + "  ".join(f"{c['mare']:12.4f} / {c['pick_rate']:.2f}" for c in cells) + bound)
 
 

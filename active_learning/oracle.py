@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special
 
 from active_learning import allocate
 from active_learning.baselines import PoolPoint
@@ -117,19 +117,34 @@ class _Linearised:
             precision[own, own] += info[j]
         return np.linalg.inv(precision)
 
-    def mean_sd(self, weights: np.ndarray) -> tuple[float, np.ndarray]:
-        """Mean over candidates of sd(log L*_k(C*)), and its gradient in the weights [K, M]."""
+    def sds(self, weights: np.ndarray, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior sd of each contrast sum_k c_lk . theta_k [L], and its gradient in the weights [L, K, M].
+
+        Args:
+          weights: runs per (candidate, pool point) [K, M].
+          contrasts: coefficients on every candidate's parameters [L, K, p].
+        """
         k, _, p = self.jac.shape
-        cov = self.covariance(weights).reshape(k + 1, p, k + 1, p)
-        # Sigma G_l for the lifted gradient G_l = (g_l on mu, g_l on delta_l): [k + 1, p, K]
-        sigma_g = (np.einsum("ialb,lb->ial", cov[:, :, 1:], self.grads)
-                   + np.einsum("iab,lb->ial", cov[:, :, 0], self.grads))
-        var = np.einsum("la,la->l", self.grads, sigma_g[0].T + np.einsum("lal->la", sigma_g[1:]))
-        sd = np.sqrt(var)
-        # a_km = (J_km on mu, J_km on delta_k): a_km . Sigma G_l
-        proj = np.einsum("kma,kal->kml", self.jac, sigma_g[0][None] + sigma_g[1:])
-        grad = -np.sum(proj**2 / (2.0 * sd), axis=2) / (self.noise_var * k)
-        return float(sd.mean()), grad
+        # theta_k = mu + delta_k, so a contrast is (sum_k c_k on mu, c_k on delta_k) in the lifted coordinates.
+        lifted = np.concatenate([contrasts.sum(axis=1, keepdims=True), contrasts], axis=1).reshape(len(contrasts), -1)
+        sigma_c = self.covariance(weights) @ lifted.T  # [q, L]
+        sd = np.sqrt(np.einsum("lq,ql->l", lifted, sigma_c))
+        sigma_c = sigma_c.reshape(k + 1, p, -1)
+        # a_km = (J_km on mu, J_km on delta_k); d Var_l / d w_km = -(a_km . Sigma c_l)^2 / sigma^2
+        proj = np.einsum("kma,kal->lkm", self.jac, sigma_c[0][None] + sigma_c[1:])
+        return sd, -proj**2 / (2.0 * sd[:, None, None] * self.noise_var)
+
+    def mean_sd(self, weights: np.ndarray, contrasts: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        """Mean sd of the contrasts (default: every candidate's log L*(C*)), and its gradient [K, M]."""
+        sd, grad = self.sds(weights, self.targets() if contrasts is None else contrasts)
+        return float(sd.mean()), grad.mean(axis=0)
+
+    def targets(self) -> np.ndarray:
+        """The contrasts g_l = log L*_l(C*), one per candidate [K, K, p]."""
+        k, p = self.grads.shape
+        out = np.zeros((k, k, p))
+        out[np.arange(k), np.arange(k)] = self.grads
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,11 +162,14 @@ class Design:
     flops: float
 
 
-def evaluate(campaign: Campaign, weights: np.ndarray) -> Design:
-    """The mean sd a given design reaches (for instance the full grid, all weights 1)."""
+def evaluate(campaign: Campaign, weights: np.ndarray, contrasts: np.ndarray | None = None) -> Design:
+    """The mean sd a given design reaches (for instance the full grid, all weights 1).
+
+    contrasts: what the sd is of [L, K, p] (see pick_contrast); default every candidate's log L*(C*).
+    """
     weights = np.asarray(weights, dtype=float)
     lin = _Linearised.build(campaign)
-    sd, _ = lin.mean_sd(weights)
+    sd, _ = lin.mean_sd(weights, contrasts)
     return Design(weights, sd, float(np.sum(weights * lin.cost)))
 
 
@@ -168,7 +186,7 @@ def _cheapest_vertex(grad: np.ndarray, cost: np.ndarray, budget: float, cap: flo
 
 @one_blas_thread
 def optimal_design(campaign: Campaign, flop_budget: float, *, max_seeds: float = 4.0, rel_gap: float = 1e-4,
-                   max_iter: int = 5000) -> Design:
+                   max_iter: int = 5000, contrasts: np.ndarray | None = None) -> Design:
     """The design minimising the mean sd of log L*(C*) for `flop_budget` FLOPs beyond the fixed runs.
 
     Frank-Wolfe (conditional gradient) over the designs that spend the budget with at most
@@ -184,6 +202,7 @@ def optimal_design(campaign: Campaign, flop_budget: float, *, max_seeds: float =
       max_seeds: cap on runs per (candidate, pool point).
       rel_gap: stopping tolerance on the gap, relative to the mean sd.
       max_iter: iteration cap.
+      contrasts: minimise the mean sd of these instead [L, K, p] (pick_contrast: the decision's).
 
     Returns:
       The optimal relaxed Design (a lower bound for designs of whole runs under the same cap).
@@ -197,10 +216,11 @@ def optimal_design(campaign: Campaign, flop_budget: float, *, max_seeds: float =
     most = max_seeds * float(cost.sum())
     if not 0 < flop_budget <= most:
         raise ValueError(f"flop_budget must be in (0, {most:.3g}] (max_seeds runs everywhere), got {flop_budget:.3g}")
-    value = lambda x: lin.mean_sd(x.reshape(k, m))[0]  # noqa: E731
+    contrasts = lin.targets() if contrasts is None else contrasts
+    value = lambda x: lin.mean_sd(x.reshape(k, m), contrasts)[0]  # noqa: E731
     x = np.full(k * m, flop_budget / float(cost.sum()))  # spread evenly: feasible, and a neutral start
     for _ in range(max_iter):
-        sd, grad = lin.mean_sd(x.reshape(k, m))
+        sd, grad = lin.mean_sd(x.reshape(k, m), contrasts)
         vertex = _cheapest_vertex(grad.ravel(), cost, flop_budget, max_seeds)
         if float(grad.ravel() @ (x - vertex)) <= rel_gap * sd:
             break
@@ -209,3 +229,38 @@ def optimal_design(campaign: Campaign, flop_budget: float, *, max_seeds: float =
         x = x + step * (vertex - x)
     weights = x.reshape(k, m)
     return Design(weights, value(x), float(np.sum(weights * lin.cost)))
+
+
+def pick_contrast(campaign: Campaign) -> tuple[np.ndarray, float]:
+    """The decision's contrast, log L*(C*) of the true best minus the runner-up's [1, K, p], and the true margin.
+
+    Picking the best needs at least that its estimate beat the runner-up's.
+    """
+    g, grads = campaign.belief().target(campaign.target_flops)
+    best, second = np.argsort(g)[:2]
+    contrast = np.zeros((1, *grads.shape))
+    contrast[0, best], contrast[0, second] = grads[best], -grads[second]
+    return contrast, float(g[second] - g[best])
+
+
+def pick_probability(campaign: Campaign, weights: np.ndarray) -> float:
+    """First-order chance that a design's estimates put the true best ahead of the runner-up.
+
+    Phi(margin / sd(g_best - g_second)) for a Gaussian estimate centred at the truth with the
+    posterior's sd; it bounds the chance of picking the true best among all candidates.
+    """
+    contrast, margin = pick_contrast(campaign)
+    return float(special.ndtr(margin / evaluate(campaign, weights, contrast).mean_sd))
+
+
+def pick_bound(campaign: Campaign, flop_budget: float, *, max_seeds: float = 4.0, rel_gap: float = 1e-4) -> float:
+    """The highest first-order chance of picking the true best that any design of `flop_budget` FLOPs reaches.
+
+    The best design for the decision knows which two candidates to tell apart and spends the
+    budget on the sd of their difference alone; pick_probability of that design. As with
+    optimal_design, no sequential policy beats it under the linear-Gaussian approximation
+    (Chaloner & Verdinelli 1995).
+    """
+    contrast, margin = pick_contrast(campaign)
+    best = optimal_design(campaign, flop_budget, max_seeds=max_seeds, rel_gap=rel_gap, contrasts=contrast)
+    return float(special.ndtr(margin / best.mean_sd))

@@ -75,7 +75,10 @@ def test_the_oracle_bound_is_at_most_the_grid_at_the_full_budget_and_summarised(
     assert bounds[1.0]["oracle_sd_ratio"] <= 1.0 + 1e-6  # the full grid is a design the optimum could choose
     assert bounds[0.2]["oracle_sd_ratio"] > bounds[1.0]["oracle_sd_ratio"]
     assert bounds[0.2]["oracle_sd_ratio"] <= bounds[0.2]["al_sd_ratio"] * (1 + 1e-3)  # nothing beats the best
+    for b in cfg.budgets:  # nor the best design for the decision
+        assert 0.5 <= bounds[b]["al_pick_probability"] <= bounds[b]["oracle_pick_bound"] * (1 + 1e-3)
     summary = bench.summarise(cfg, [result])
+    assert summary["oracle_pick_bound_at_stop"] == bounds[summary["al_stop_budget"]]["oracle_pick_bound"]
     assert summary["oracle_flops_fraction_to_match_grid"] == 1.0 or bounds[0.2]["oracle_sd_ratio"] <= 1.0
     assert "counts" not in result["al"][1.0]  # the design's counts stay out of the printed JSON
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import optimize
+from scipy import optimize, special
 
 from active_learning import oracle
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features
@@ -89,3 +89,59 @@ def test_a_budget_the_cap_cannot_spend_is_refused():
         oracle.optimal_design(campaign, 1.01 * most)
     with pytest.raises(ValueError, match="flop_budget"):
         oracle.optimal_design(campaign, 0.0)
+
+
+def test_the_pick_contrast_is_the_difference_of_the_two_best_and_its_sd_the_direct_one():
+    campaign = _campaign(k=3, seed=5)
+    g, _ = campaign.belief().target(campaign.target_flops)
+    order = np.argsort(g)
+    contrast, margin = oracle.pick_contrast(campaign)
+    assert margin == pytest.approx(g[order[1]] - g[order[0]]) and margin > 0
+    weights = np.random.default_rng(6).uniform(0, 2, (3, len(POOL)))
+    lin = oracle._Linearised.build(campaign)
+    sd_each, _ = lin.sds(weights, lin.targets())
+    # Var(g_a - g_b) = Var(g_a) + Var(g_b) - 2 Cov(g_a, g_b); the covariance from the lifted posterior directly.
+    cov = lin.covariance(weights)
+    def lift(k):  # g_k on mu and on delta_k
+        return np.concatenate([lin.grads[k], *[lin.grads[k] if j == k else np.zeros(5) for j in range(3)]])
+
+    a, b = lift(order[0]), lift(order[1])
+    direct = math.sqrt(sd_each[order[0]] ** 2 + sd_each[order[1]] ** 2 - 2 * a @ cov @ b)
+    assert oracle.evaluate(campaign, weights, contrast).mean_sd == pytest.approx(direct, rel=1e-8)
+    assert direct == pytest.approx(math.sqrt((a - b) @ cov @ (a - b)), rel=1e-8)
+
+
+def test_the_contrast_gradient_matches_finite_differences():
+    campaign = _campaign(seed=7)
+    lin = oracle._Linearised.build(campaign)
+    contrast, _ = oracle.pick_contrast(campaign)
+    w = np.random.default_rng(8).uniform(0.5, 2.0, lin.jac.shape[:2])
+    _, grad = lin.mean_sd(w, contrast)
+    step = 1e-5
+    for k, m in [(0, 1), (1, 5), (2, 7)]:
+        up, down = w.copy(), w.copy()
+        up[k, m] += step
+        down[k, m] -= step
+        numeric = (lin.mean_sd(up, contrast)[0] - lin.mean_sd(down, contrast)[0]) / (2 * step)
+        assert grad[k, m] == pytest.approx(numeric, rel=1e-4)
+
+
+def test_the_pick_bound_beats_any_design_of_the_same_flops_and_agrees_with_a_general_solver():
+    campaign = _campaign(k=2, seed=4, pool=POOL[::2])
+    grid = np.ones((2, 5))
+    budget = 0.3 * oracle.evaluate(campaign, grid).flops
+    bound = oracle.pick_bound(campaign, budget)
+    spread = np.random.default_rng(9).dirichlet(np.ones(10)).reshape(2, 5) * budget / campaign.cost()
+    for weights in (oracle.optimal_design(campaign, budget).weights, grid * 0.3, spread):  # the first is best for
+        # the predictions, not the decision; every one spends the budget
+        if weights.max() <= 4.0:
+            assert oracle.pick_probability(campaign, weights) <= bound + 1e-9
+    contrast, margin = oracle.pick_contrast(campaign)
+    lin = oracle._Linearised.build(campaign)
+    unit = np.tile(campaign.cost(), 2) / budget
+    objective = lambda x: [v.ravel() if i else v for i, v in enumerate(lin.mean_sd(x.reshape(2, 5), contrast))]  # noqa: E731
+    res = optimize.minimize(objective, np.full(10, 1.0 / unit.sum()), jac=True, method="SLSQP", bounds=[(0.0, 4.0)] * 10,
+                            constraints=[{"type": "eq", "fun": lambda x: unit @ x - 1.0}],
+                            options=dict(maxiter=2000, ftol=1e-14))
+    assert res.success
+    assert bound == pytest.approx(float(special.ndtr(margin / res.fun)), rel=1e-4)
