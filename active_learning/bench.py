@@ -1,7 +1,7 @@
 """Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
 
 Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S] [--max-seeds M]
-[--prediction-weight W] [--oracle]`.
+[--prediction-weight W] [--departures centred|natural] [--oracle]`.
 
 Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
 best at the base run is not the best at C*), with 1% log-normal seed noise on
@@ -357,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seeds", type=int, default=None, help="active learning's seeds per point (default 4)")
     parser.add_argument("--oracle", action="store_true",
                         help="also compute the best design at the true laws at every budget (oracle.py; slower)")
+    parser.add_argument("--departures", choices=("centred", "natural"), default=None,
+                        help="the pooled fit's departures: independent at the campaign's centre (default) or in the "
+                             "natural parameters, as the simulator draws them")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
     args = parser.parse_args(argv)
@@ -372,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, al_max_seeds=args.max_seeds)
     if args.prediction_weight is not None:
         cfg = dataclasses.replace(cfg, al_prediction_weight=args.prediction_weight)
+    if args.departures is not None:
+        cfg = dataclasses.replace(cfg, pooling=dataclasses.replace(cfg.pooling, departures=args.departures))
     seeds = np.random.SeedSequence(args.seed).spawn(cfg.repeats)
     start = time.time()
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:

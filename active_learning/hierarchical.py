@@ -2,8 +2,13 @@
 
 Model, in the centred internal coordinates of scaling_law.Reparam (one centre for the campaign):
 
-  theta_k = mu + S delta_k            S selects the parameters that vary by candidate
+  theta_k = mu + S delta_k            S maps departures to the parameters they move
   delta_kj ~ N(0, tau_j^2)            per-candidate departures; tau is fitted
+
+S selects the varying parameters (departures independent at the campaign's centre),
+or, with departures="natural", maps departures of the natural parameters into the
+internal ones (independent at N = D = 1, where log A and log B are defined: there a
+steeper exponent lowers the loss at the campaign's scale too).
   log y_i = f(theta_k(i), x_i) + r_i  r_i from a noise density with scale s (noise.py)
   mu ~ weak Gaussian prior;  s^2, tau_j^2 ~ scaled inverse chi-squared hyperpriors
 
@@ -57,6 +62,10 @@ class PoolingConfig:
       huber_delta: Huber threshold on log loss.
       student_t_nu: Student-t degrees of freedom.
       varying: natural parameter names that depart per candidate (the rest are shared).
+      departures: where the departures are independent a priori: "centred", at the campaign's
+        centre (a candidate's level there and its exponents vary independently), or "natural",
+        in the natural parameters (log A, log B at N = D = 1 and the exponents vary independently,
+        so a steeper exponent also lowers the level at the campaign's scale).
       tau_prior: prior guess of each departure's sd (hyperprior scale, log or exponent units).
       tau_prior_weight: the hyperprior's weight, in pseudo-candidates.
       noise_prior: (sigma_0, weight): prior guess of the seed noise on log loss and its
@@ -74,6 +83,7 @@ class PoolingConfig:
     huber_delta: float = 1e-3
     student_t_nu: float = 4.0
     varying: tuple[str, ...] = ("a", "b")
+    departures: str = "centred"
     tau_prior: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TAU_PRIOR))
     tau_prior_weight: float = 1.0
     noise_prior: tuple[float, float] = (0.01, 2.0)
@@ -92,6 +102,8 @@ class PoolingConfig:
         unknown = [v for v in self.varying if v not in names]
         if unknown or len(set(self.varying)) != len(self.varying):
             raise ValueError(f"varying must be distinct names from {names}, got {self.varying}")
+        if self.departures not in ("centred", "natural"):
+            raise ValueError(f"departures must be 'centred' or 'natural', got {self.departures!r}")
         missing = [v for v in self.varying if not self.tau_prior.get(v, 0) > 0]
         if missing:
             raise ValueError(f"tau_prior needs a positive scale for {missing}")
@@ -104,10 +116,14 @@ class PoolingConfig:
     def build_noise(self) -> NoiseModel:
         return make_noise(self.loss, delta=self.huber_delta, nu=self.student_t_nu)
 
-    def selection(self) -> np.ndarray:
-        """Indices of the varying parameters."""
+    def departure_map(self, reparam: Reparam) -> np.ndarray:
+        """S [p, m]: how each departure moves the internal parameters."""
         names = self.build_law().param_names
-        return np.array([names.index(v) for v in self.varying], dtype=int)
+        select = np.zeros((len(names), len(self.varying)))
+        select[[names.index(v) for v in self.varying], np.arange(len(self.varying))] = 1.0
+        if self.departures == "centred":
+            return select
+        return np.linalg.solve(reparam.matrix, select)  # natural departures M S_nat z, back to internal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,11 +228,11 @@ def _pd_inverse(a: np.ndarray) -> np.ndarray:
     return (v / w) @ v.T
 
 
-def _blocks(jac: np.ndarray, weight: np.ndarray, data: _Data, sel: np.ndarray) -> _Arrow:
-    """J^T W J of the (mu, delta) parametrisation, without priors."""
+def _blocks(jac: np.ndarray, weight: np.ndarray, data: _Data, spread: np.ndarray) -> _Arrow:
+    """J^T W J of the (mu, delta) parametrisation, without priors (spread: the departure map S [p, m])."""
     outer = jac[:, :, None] * jac[:, None, :] * weight[:, None, None]  # [n, p, p]
     per_candidate = np.add.reduceat(outer, data.starts, axis=0)  # [K, p, p]
-    return _Arrow(outer.sum(axis=0), per_candidate[:, :, sel], per_candidate[:, sel][:, :, sel])
+    return _Arrow(outer.sum(axis=0), per_candidate @ spread, spread.T @ per_candidate @ spread)
 
 
 def _with_prior(arrow: _Arrow, prior: _Prior, tau: np.ndarray) -> _Arrow:
@@ -236,13 +252,13 @@ class _Model:
     reparam: Reparam
     data: _Data
     prior: _Prior
-    sel: np.ndarray
+    spread: np.ndarray  # the departure map S [p, m]
     exponents: np.ndarray  # indices of the exponents among the parameters
 
     def thetas(self, state: _State) -> np.ndarray:
         """Internal parameters of each candidate [K, p], exponents kept positive."""
         theta = np.repeat(state.mu[None], len(self.data.candidates), axis=0)
-        theta[:, self.sel] += state.delta
+        theta += state.delta @ self.spread.T
         theta[:, self.exponents] = np.maximum(theta[:, self.exponents], MIN_EXPONENT)
         return theta
 
@@ -269,7 +285,7 @@ class _Model:
         _, psi, _ = self.noise.nll(r, state.log_s)
         per_run = -psi[:, None] * jac
         g_mu = per_run.sum(axis=0) + self.prior.precision * (state.mu - self.prior.mean)
-        g_delta = np.add.reduceat(per_run[:, self.sel], self.data.starts, axis=0) + state.delta / state.tau**2
+        g_delta = np.add.reduceat(per_run, self.data.starts, axis=0) @ self.spread + state.delta / state.tau**2
         return g_mu, g_delta
 
     def fit_log_scale(self, r: np.ndarray, fitted_var: np.ndarray | float = 0.0) -> float:
@@ -302,7 +318,7 @@ def _newton_weight(noise: NoiseModel, r: np.ndarray, log_s: float) -> np.ndarray
 
 def _departure_blocks(jac: np.ndarray, weight: np.ndarray, model: _Model, tau: np.ndarray) -> np.ndarray:
     """Each candidate's departure Hessian D_k = sum_i w_i j_i j_i^T + diag(1/tau^2) [K, m, m]."""
-    j = jac[:, model.sel]
+    j = jac @ model.spread
     blocks = np.add.reduceat(j[:, :, None] * j[:, None, :] * weight[:, None, None], model.data.starts, axis=0)
     return blocks + np.diag(1.0 / tau**2)[None]
 
@@ -372,12 +388,12 @@ def _marginal_step(model: _Model, state: _State) -> float:
     """
     r, jac = model.residuals(state)
     g_mu, _ = model.gradient(state, r, jac)
-    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.sel),
+    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.spread),
                        model.prior, state.tau)
     s_inv, b, _ = hess.parts()
     if state.delta.shape[1]:
         occam, u = _occam(model, state)
-        g_mu = g_mu + u.sum(axis=0) - np.einsum("kmp,km->p", b, u[:, model.sel])
+        g_mu = g_mu + u.sum(axis=0) - np.einsum("kmp,km->p", b, u @ model.spread)
     else:
         occam = 0.0
     d_mu = s_inv @ g_mu
@@ -422,7 +438,7 @@ def _posterior(model: _Model, state: _State, sigma2: float, passes: int = 1) -> 
     """
     r, jac = model.residuals(state)
     n, p = len(r), len(state.mu)
-    base = _blocks(jac, np.ones(n), model.data, model.sel)
+    base = _blocks(jac, np.ones(n), model.data, model.spread)
     nu0, sigma0 = model.prior.sigma_weight, model.prior.sigma0
     for _ in range(passes):
         arrow = _with_prior(_Arrow(base.g / sigma2, base.c / sigma2, base.d / sigma2), model.prior, state.tau)
@@ -432,9 +448,7 @@ def _posterior(model: _Model, state: _State, sigma2: float, passes: int = 1) -> 
         est = dispersion(model.noise, r, state.log_s, dof=max(dof, 1.0)) if dof > 0 else 0.0
         used = sigma2
         sigma2 = (dof * est + nu0 * sigma0**2) / max(dof + nu0, 1e-12)
-    m = len(model.sel)
-    select = np.zeros((p, m))
-    select[model.sel, np.arange(m)] = 1.0
+    select = model.spread
     mixing = np.eye(p)[None] - select[None] @ b
     own = select[None] @ d_inv @ select.T[None]
     return _Posterior(s_inv, mixing, own, delta_var.copy(), used, dof, sigma2)
@@ -491,7 +505,7 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
     r, jac = model.residuals(state)
     k, m = state.delta.shape
     p = len(state.mu)
-    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.sel),
+    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.spread),
                        model.prior, state.tau)
     rhs: list[tuple[np.ndarray, np.ndarray, float]] = []
     shrink = np.clip(1.0 - post.delta_var / state.tau**2, 0.0, 1.0)
@@ -508,7 +522,7 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
     for h, (rhs_g, rhs_k, var) in enumerate(rhs):
         d_mu, d_delta = hess.solve(rhs_g, rhs_k)
         out[h] = d_mu[None]
-        out[h][:, model.sel] += d_delta
+        out[h] += d_delta @ model.spread.T
         out[h] *= math.sqrt(var)
     return out
 
@@ -529,7 +543,7 @@ def _initial_mu(model: _Model, config: PoolingConfig) -> list[np.ndarray]:
 
 def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State, int]:
     """Alternate a marginal-likelihood step on mu with updates of s and tau until all settle."""
-    k, m = len(model.data.candidates), len(model.sel)
+    k, m = len(model.data.candidates), model.spread.shape[1]
     state = _State(mu0.copy(), np.zeros((k, m)), math.log(model.prior.sigma0), model.prior.tau0.copy(),
                    model.prior.sigma0**2)
     _solve_departures(model, state)
@@ -591,7 +605,7 @@ def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estim
     reparam = law.reparam(float(np.mean(data.x.log_n)), float(np.mean(data.x.log_d)))
     prior = _Prior.build(config, law, float(np.mean(data.log_y)))
     exponents = np.array([j for j, name in enumerate(law.param_names) if name in EXPONENTS], dtype=int)
-    model = _Model(law, config.build_noise(), reparam, data, prior, config.selection(), exponents)
+    model = _Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents)
     best, best_value, iters = None, math.inf, 0
     for mu0 in _initial_mu(model, config):
         state, it = _run(model, mu0, config)

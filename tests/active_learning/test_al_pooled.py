@@ -88,6 +88,33 @@ def test_departures_can_include_e_and_the_exponents(rng, chinchilla_runs, isoflo
         assert pred[c].lo <= _true_optimum(theta) <= pred[c].hi
 
 
+def test_natural_departures_leave_the_natural_levels_shared_where_centred_ones_move_them(rng, chinchilla_runs,
+                                                                                        isoflop_points):
+    # Only alpha departs. Centred: the level at the campaign's centre is shared, so log A at N = 1 moves with
+    # alpha. Natural: log A itself is shared and the level at the centre moves instead.
+    n, d = isoflop_points(per_budget=5)
+    steeper = HOFFMANN_2022 + np.array([0.0, 0.0, 0.0, 0.03, 0.0])
+    runs = {"a": chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng), "b": chinchilla_runs(steeper, n, d, 0.01, rng)}
+    centred = fit_pooled(runs, PoolingConfig(varying=("alpha",)))
+    natural = fit_pooled(runs, PoolingConfig(varying=("alpha",), departures="natural"))
+    a, b = natural.params("a"), natural.params("b")
+    assert b["alpha"] - a["alpha"] == pytest.approx(0.03, abs=0.01)  # the truth's departure is natural
+    assert b["A"] == pytest.approx(a["A"], rel=1e-9) and b["B"] == pytest.approx(a["B"], rel=1e-9)
+    a, b = centred.params("a"), centred.params("b")
+    log_n0 = float(np.mean(np.log(n)))  # the campaign's centre
+    assert math.log(b["A"] / a["A"]) == pytest.approx((b["alpha"] - a["alpha"]) * log_n0, rel=1e-6)
+    assert b["B"] == pytest.approx(a["B"], rel=1e-9)
+
+
+def test_natural_and_centred_departures_are_the_same_model_when_only_levels_vary(rng, chinchilla_runs):
+    # The centring moves levels by multiples of the exponents; with shared exponents the two coincide.
+    truths, runs = _campaign(rng, [5, 3, 1], chinchilla_runs)
+    centred = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b")))
+    natural = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b"), departures="natural"))
+    np.testing.assert_allclose(natural.theta, centred.theta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(natural.stacked_cov(), centred.stacked_cov(), rtol=1e-8, atol=1e-14)
+
+
 def test_fully_shared_law_has_no_departures(rng, chinchilla_runs):
     truths, runs = _campaign(rng, [4, 4, 4], chinchilla_runs, level_sd=0.0)
     fit = fit_pooled(runs, PoolingConfig(varying=()))
@@ -124,6 +151,8 @@ def test_config_rejects_unknown_varying_parameters():
         PoolingConfig(varying=("gamma",))
     with pytest.raises(ValueError, match="pooling supports"):
         PoolingConfig(law="kaplan")
+    with pytest.raises(ValueError, match="departures must be"):
+        PoolingConfig(departures="origin")
 
 
 def _calibration_z(chinchilla_runs, replicates: int = 24, candidates: int = 8) -> np.ndarray:
