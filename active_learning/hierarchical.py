@@ -4,13 +4,13 @@ Model, in the centred internal coordinates of scaling_law.Reparam (one centre fo
 
   theta_k = mu + S delta_k            S maps departures to the parameters they move
   delta_kj ~ N(0, tau_j^2)            per-candidate departures; tau is fitted
+  log y_i = f(theta_k(i), x_i) + r_i  r_i from a noise density with scale s (noise.py)
+  mu ~ weak Gaussian prior;  s^2, tau_j^2 ~ scaled inverse chi-squared hyperpriors
 
 S selects the varying parameters (departures independent at the campaign's centre),
 or, with departures="natural", maps departures of the natural parameters into the
 internal ones (independent at N = D = 1, where log A and log B are defined: there a
 steeper exponent lowers the loss at the campaign's scale too).
-  log y_i = f(theta_k(i), x_i) + r_i  r_i from a noise density with scale s (noise.py)
-  mu ~ weak Gaussian prior;  s^2, tau_j^2 ~ scaled inverse chi-squared hyperpriors
 
 Estimation maximises the Laplace approximation to the marginal likelihood
 p(y | mu, s, tau), integrating the departures out: for given mu, delta_hat(mu) is
@@ -228,11 +228,12 @@ def _pd_inverse(a: np.ndarray) -> np.ndarray:
     return (v / w) @ v.T
 
 
-def _blocks(jac: np.ndarray, weight: np.ndarray, data: _Data, spread: np.ndarray) -> _Arrow:
-    """J^T W J of the (mu, delta) parametrisation, without priors (spread: the departure map S [p, m])."""
+def _blocks(jac: np.ndarray, weight: np.ndarray, data: _Data, departure_map: np.ndarray) -> _Arrow:
+    """J^T W J of the (mu, delta) parametrisation, without priors (departure_map: S [p, m])."""
     outer = jac[:, :, None] * jac[:, None, :] * weight[:, None, None]  # [n, p, p]
     per_candidate = np.add.reduceat(outer, data.starts, axis=0)  # [K, p, p]
-    return _Arrow(outer.sum(axis=0), per_candidate @ spread, spread.T @ per_candidate @ spread)
+    return _Arrow(outer.sum(axis=0), per_candidate @ departure_map,
+                  departure_map.T @ per_candidate @ departure_map)
 
 
 def _with_prior(arrow: _Arrow, prior: _Prior, tau: np.ndarray) -> _Arrow:
@@ -252,13 +253,13 @@ class _Model:
     reparam: Reparam
     data: _Data
     prior: _Prior
-    spread: np.ndarray  # the departure map S [p, m]
+    departure_map: np.ndarray  # S [p, m]
     exponents: np.ndarray  # indices of the exponents among the parameters
 
     def thetas(self, state: _State) -> np.ndarray:
         """Internal parameters of each candidate [K, p], exponents kept positive."""
         theta = np.repeat(state.mu[None], len(self.data.candidates), axis=0)
-        theta += state.delta @ self.spread.T
+        theta += state.delta @ self.departure_map.T
         theta[:, self.exponents] = np.maximum(theta[:, self.exponents], MIN_EXPONENT)
         return theta
 
@@ -285,7 +286,7 @@ class _Model:
         _, psi, _ = self.noise.nll(r, state.log_s)
         per_run = -psi[:, None] * jac
         g_mu = per_run.sum(axis=0) + self.prior.precision * (state.mu - self.prior.mean)
-        g_delta = np.add.reduceat(per_run, self.data.starts, axis=0) @ self.spread + state.delta / state.tau**2
+        g_delta = np.add.reduceat(per_run, self.data.starts, axis=0) @ self.departure_map + state.delta / state.tau**2
         return g_mu, g_delta
 
     def fit_log_scale(self, r: np.ndarray, fitted_var: np.ndarray | float = 0.0) -> float:
@@ -318,7 +319,7 @@ def _newton_weight(noise: NoiseModel, r: np.ndarray, log_s: float) -> np.ndarray
 
 def _departure_blocks(jac: np.ndarray, weight: np.ndarray, model: _Model, tau: np.ndarray) -> np.ndarray:
     """Each candidate's departure Hessian D_k = sum_i w_i j_i j_i^T + diag(1/tau^2) [K, m, m]."""
-    j = jac @ model.spread
+    j = jac @ model.departure_map
     blocks = np.add.reduceat(j[:, :, None] * j[:, None, :] * weight[:, None, None], model.data.starts, axis=0)
     return blocks + np.diag(1.0 / tau**2)[None]
 
@@ -388,12 +389,12 @@ def _marginal_step(model: _Model, state: _State) -> float:
     """
     r, jac = model.residuals(state)
     g_mu, _ = model.gradient(state, r, jac)
-    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.spread),
+    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.departure_map),
                        model.prior, state.tau)
     s_inv, b, _ = hess.parts()
     if state.delta.shape[1]:
         occam, u = _occam(model, state)
-        g_mu = g_mu + u.sum(axis=0) - np.einsum("kmp,km->p", b, u @ model.spread)
+        g_mu = g_mu + u.sum(axis=0) - np.einsum("kmp,km->p", b, u @ model.departure_map)
     else:
         occam = 0.0
     d_mu = s_inv @ g_mu
@@ -438,7 +439,7 @@ def _posterior(model: _Model, state: _State, sigma2: float, passes: int = 1) -> 
     """
     r, jac = model.residuals(state)
     n, p = len(r), len(state.mu)
-    base = _blocks(jac, np.ones(n), model.data, model.spread)
+    base = _blocks(jac, np.ones(n), model.data, model.departure_map)
     nu0, sigma0 = model.prior.sigma_weight, model.prior.sigma0
     for _ in range(passes):
         arrow = _with_prior(_Arrow(base.g / sigma2, base.c / sigma2, base.d / sigma2), model.prior, state.tau)
@@ -448,9 +449,8 @@ def _posterior(model: _Model, state: _State, sigma2: float, passes: int = 1) -> 
         est = dispersion(model.noise, r, state.log_s, dof=max(dof, 1.0)) if dof > 0 else 0.0
         used = sigma2
         sigma2 = (dof * est + nu0 * sigma0**2) / max(dof + nu0, 1e-12)
-    select = model.spread
-    mixing = np.eye(p)[None] - select[None] @ b
-    own = select[None] @ d_inv @ select.T[None]
+    mixing = np.eye(p)[None] - model.departure_map[None] @ b
+    own = model.departure_map[None] @ d_inv @ model.departure_map.T[None]
     return _Posterior(s_inv, mixing, own, delta_var.copy(), used, dof, sigma2)
 
 
@@ -505,7 +505,7 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
     r, jac = model.residuals(state)
     k, m = state.delta.shape
     p = len(state.mu)
-    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.spread),
+    hess = _with_prior(_blocks(jac, _newton_weight(model.noise, r, state.log_s), model.data, model.departure_map),
                        model.prior, state.tau)
     rhs: list[tuple[np.ndarray, np.ndarray, float]] = []
     shrink = np.clip(1.0 - post.delta_var / state.tau**2, 0.0, 1.0)
@@ -522,7 +522,7 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
     for h, (rhs_g, rhs_k, var) in enumerate(rhs):
         d_mu, d_delta = hess.solve(rhs_g, rhs_k)
         out[h] = d_mu[None]
-        out[h] += d_delta @ model.spread.T
+        out[h] += d_delta @ model.departure_map.T
         out[h] *= math.sqrt(var)
     return out
 
@@ -543,7 +543,7 @@ def _initial_mu(model: _Model, config: PoolingConfig) -> list[np.ndarray]:
 
 def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State, int]:
     """Alternate a marginal-likelihood step on mu with updates of s and tau until all settle."""
-    k, m = len(model.data.candidates), model.spread.shape[1]
+    k, m = len(model.data.candidates), model.departure_map.shape[1]
     state = _State(mu0.copy(), np.zeros((k, m)), math.log(model.prior.sigma0), model.prior.tau0.copy(),
                    model.prior.sigma0**2)
     _solve_departures(model, state)

@@ -153,7 +153,8 @@ class Design:
 
     Attributes:
       weights: runs per (candidate, pool point), real-valued [K, M].
-      mean_sd: mean over candidates of the posterior sd of log L*(C*).
+      mean_sd: mean posterior sd of the contrasts it was evaluated for (by default, over
+        candidates, of log L*(C*)).
       flops: FLOPs the weights spend, the fixed runs excluded.
     """
 

@@ -131,14 +131,17 @@ def test_the_pick_bound_beats_any_design_of_the_same_flops_and_agrees_with_a_gen
     grid = np.ones((2, 5))
     budget = 0.3 * oracle.evaluate(campaign, grid).flops
     bound = oracle.pick_bound(campaign, budget)
-    spread = np.random.default_rng(9).dirichlet(np.ones(10)).reshape(2, 5) * budget / campaign.cost()
-    for weights in (oracle.optimal_design(campaign, budget).weights, grid * 0.3, spread):  # the first is best for
-        # the predictions, not the decision; every one spends the budget
-        if weights.max() <= 4.0:
-            assert oracle.pick_probability(campaign, weights) <= bound + 1e-9
+    cost = np.tile(campaign.cost(), 2)
+    rng = np.random.default_rng(9)
+    # Random designs within the cap that spend the budget: vertices of that set, for random directions.
+    vertices = [oracle._cheapest_vertex(rng.standard_normal(10), cost, budget, 4.0).reshape(2, 5) for _ in range(5)]
+    for weights in (oracle.optimal_design(campaign, budget).weights, grid * 0.3, *vertices):  # the first is best
+        # for the predictions, not the decision
+        assert np.sum(weights.ravel() * cost) == pytest.approx(budget) and weights.max() <= 4.0 + 1e-12
+        assert oracle.pick_probability(campaign, weights) <= bound + 1e-9
     contrast, margin = oracle.pick_contrast(campaign)
     lin = oracle._Linearised.build(campaign)
-    unit = np.tile(campaign.cost(), 2) / budget
+    unit = cost / budget
     objective = lambda x: [v.ravel() if i else v for i, v in enumerate(lin.mean_sd(x.reshape(2, 5), contrast))]  # noqa: E731
     res = optimize.minimize(objective, np.full(10, 1.0 / unit.sum()), jac=True, method="SLSQP", bounds=[(0.0, 4.0)] * 10,
                             constraints=[{"type": "eq", "fun": lambda x: unit @ x - 1.0}],
