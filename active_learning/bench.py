@@ -1,7 +1,7 @@
 """Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
 
 Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S] [--max-seeds M]
-[--prediction-weight W] [--departures centred|natural] [--oracle]`.
+[--prediction-weight W] [--departures centred|natural|learned] [--oracle]`.
 
 Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
 best at the base run is not the best at C*), with 1% log-normal seed noise on
@@ -20,8 +20,9 @@ The last line of output is JSON with those numbers per design and budget and
 the headline keys al_flops_fraction_to_match_grid (the smallest budget at which
 active learning's mare, over all candidates, is at most the full grid's; null if
 never), al_pick_rate (active learning's pick rate at that budget, where it stops)
-and small_scale_pick_rate (ranking by the base run's observed loss alone). A
-secondary key, al_flops_fraction_to_match_grid_best_candidate, applies the same
+and small_scale_pick_rate (ranking by the base run's observed loss alone), the two
+rates with 90% Wilson intervals (al_pick_rate_interval, small_scale_pick_rate_interval:
+with 40 campaigns a rate is known to about +-0.1). A secondary key, al_flops_fraction_to_match_grid_best_candidate, applies the same
 rule to the error of the true best candidate's prediction.
 
 With --oracle it also asks how much any design could do (oracle.py): at every
@@ -48,6 +49,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import special
 
 from active_learning import allocate, oracle
 from active_learning.baselines import grid_design, random_design
@@ -299,6 +301,15 @@ def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence, with_oracle: bool
     return result
 
 
+def wilson_interval(successes: float, trials: int, level: float = 0.9) -> tuple[float, float]:
+    """Score interval for a binomial proportion (Wilson 1927), good at rates near 0 or 1 and few trials."""
+    z = float(special.ndtri(0.5 + 0.5 * level))
+    p, z2n = successes / trials, z * z / trials
+    centre = (p + 0.5 * z2n) / (1.0 + z2n)
+    half = z * math.sqrt(p * (1.0 - p) / trials + 0.25 * z2n / trials) / (1.0 + z2n)
+    return min(max(centre - half, 0.0), p), max(min(centre + half, 1.0), p)  # it holds p; rounding may not
+
+
 def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     """Per design and budget means, and the headline keys."""
     designs = {}
@@ -321,6 +332,8 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         reached = [b for b in cfg.budgets if ratios[str(b)]["oracle_sd_ratio"] <= 1.0]
         bounds = {"design_sd_ratios": ratios, "oracle_flops_fraction_to_match_grid": min(reached) if reached else None,
                   "oracle_pick_bound_at_stop": ratios[str(stop)]["oracle_pick_bound"]}
+    al_picks = sum(r["al"][stop]["pick"] for r in results)
+    small_picks = sum(r["small_scale_pick"] for r in results)
     return {
         "designs": designs,
         "al_flops_fraction_to_match_grid": min(matched) if matched else None,
@@ -329,6 +342,8 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         "al_stop_budget": stop,
         "al_pick_rate": designs["al"][str(stop)]["pick_rate"],
         "small_scale_pick_rate": float(np.mean([r["small_scale_pick"] for r in results])),
+        "al_pick_rate_interval": wilson_interval(al_picks, len(results)),
+        "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),
         "grid_full_mare": grid_error,
         "repeats": len(results),
         "target_flops": cfg.target_flops,
@@ -357,9 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seeds", type=int, default=None, help="active learning's seeds per point (default 4)")
     parser.add_argument("--oracle", action="store_true",
                         help="also compute the best design at the true laws at every budget (oracle.py; slower)")
-    parser.add_argument("--departures", choices=("centred", "natural"), default=None,
-                        help="the pooled fit's departures: independent at the campaign's centre (default) or in the "
-                             "natural parameters, as the simulator draws them")
+    parser.add_argument("--departures", choices=("centred", "natural", "learned"), default=None,
+                        help="the pooled fit's departures: independent at the campaign's centre (default), in the "
+                             "natural parameters, as the simulator draws them, or with each exponent's correlation "
+                             "with its level fitted")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
     args = parser.parse_args(argv)

@@ -10,7 +10,13 @@ Model, in the centred internal coordinates of scaling_law.Reparam (one centre fo
 S selects the varying parameters (departures independent at the campaign's centre),
 or, with departures="natural", maps departures of the natural parameters into the
 internal ones (independent at N = D = 1, where log A and log B are defined: there a
-steeper exponent lowers the loss at the campaign's scale too).
+steeper exponent lowers the loss at the campaign's scale too). With departures="learned",
+S = S_centred L(g): a varying level's departure at the centre is its own independent
+part plus g times its exponent's departure (L = I + g e_level e_exponent^T), so the level
+and the exponent are independent at a pivot scale, log N_p = log N0 + g, which the fit
+learns (g = 0 is "centred", g = -log N0 "natural"). g follows the EM update of a full
+2x2 departure covariance (Gelman et al. 2013, ch. 15), with a weak prior on the pivot
+that favours neither frame.
 
 Estimation maximises the Laplace approximation to the marginal likelihood
 p(y | mu, s, tau), integrating the departures out: for given mu, delta_hat(mu) is
@@ -48,6 +54,7 @@ from active_learning.scaling_law import (MIN_EXPONENT, MUENNIGHOFF_R_D_STAR, MUE
 RunsByCandidate = Mapping[str, Sequence[Observation]]
 POOLABLE_LAWS = ("chinchilla", "data-constrained")
 EXPONENTS = ("alpha", "beta")
+DEPARTURE_FRAMES = ("centred", "natural", "learned")
 DEFAULT_TAU_PRIOR = {"e": 0.05, "a": 0.3, "b": 0.3, "alpha": 0.05, "beta": 0.05, "log_rd_star": 0.5,
                      "log_rn_star": 0.5}
 
@@ -63,9 +70,11 @@ class PoolingConfig:
       student_t_nu: Student-t degrees of freedom.
       varying: natural parameter names that depart per candidate (the rest are shared).
       departures: where the departures are independent a priori: "centred", at the campaign's
-        centre (a candidate's level there and its exponents vary independently), or "natural",
+        centre (a candidate's level there and its exponents vary independently), "natural",
         in the natural parameters (log A, log B at N = D = 1 and the exponents vary independently,
-        so a steeper exponent also lowers the level at the campaign's scale).
+        so a steeper exponent also lowers the level at the campaign's scale), or "learned": the
+        correlation of each varying exponent with its varying level (alpha with a, beta with b) is
+        fitted, which puts the scale where they are independent wherever the data say.
       tau_prior: prior guess of each departure's sd (hyperprior scale, log or exponent units).
       tau_prior_weight: the hyperprior's weight, in pseudo-candidates.
       noise_prior: (sigma_0, weight): prior guess of the seed noise on log loss and its
@@ -102,8 +111,8 @@ class PoolingConfig:
         unknown = [v for v in self.varying if v not in names]
         if unknown or len(set(self.varying)) != len(self.varying):
             raise ValueError(f"varying must be distinct names from {names}, got {self.varying}")
-        if self.departures not in ("centred", "natural"):
-            raise ValueError(f"departures must be 'centred' or 'natural', got {self.departures!r}")
+        if self.departures not in DEPARTURE_FRAMES:
+            raise ValueError(f"departures must be one of {DEPARTURE_FRAMES}, got {self.departures!r}")
         missing = [v for v in self.varying if not self.tau_prior.get(v, 0) > 0]
         if missing:
             raise ValueError(f"tau_prior needs a positive scale for {missing}")
@@ -117,13 +126,31 @@ class PoolingConfig:
         return make_noise(self.loss, delta=self.huber_delta, nu=self.student_t_nu)
 
     def departure_map(self, reparam: Reparam) -> np.ndarray:
-        """S [p, m]: how each departure moves the internal parameters."""
+        """S [p, m]: how each departure moves the internal parameters ("learned" starts centred)."""
         names = self.build_law().param_names
         select = np.zeros((len(names), len(self.varying)))
         select[[names.index(v) for v in self.varying], np.arange(len(self.varying))] = 1.0
-        if self.departures == "centred":
+        if self.departures != "natural":
             return select
         return np.linalg.solve(reparam.matrix, select)  # natural departures M S_nat z, back to internal
+
+    def coupled_pairs(self, reparam: Reparam) -> tuple[tuple[int, int, float], ...]:
+        """(level, exponent, g_natural) for each varying exponent whose level varies too, with "learned".
+
+        Indices are among the departures; g_natural is the coupling of the natural frame (-log N0
+        for alpha with a), so the pivot's log scale is g - g_natural.
+        """
+        if self.departures != "learned":
+            return ()
+        names = self.build_law().param_names
+        natural = np.linalg.solve(reparam.matrix, np.eye(len(names)))
+        pairs = []
+        for x, exponent in enumerate(self.varying):
+            for level, name in enumerate(self.varying):
+                g = natural[names.index(name), names.index(exponent)]
+                if level != x and g != 0.0:
+                    pairs.append((level, x, float(g)))
+        return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +282,21 @@ class _Model:
     prior: _Prior
     departure_map: np.ndarray  # S [p, m]
     exponents: np.ndarray  # indices of the exponents among the parameters
+    pairs: tuple[tuple[int, int, float], ...] = ()  # learned (level, exponent, g_natural) couplings
+    coupling: tuple[float, ...] = ()  # g of each pair; departure_map = S_centred L(g)
+
+    def with_coupling(self, coupling: Sequence[float]) -> _Model:
+        """The model with S = S_centred L(g), L = I + sum_i g_i e_level e_exponent^T."""
+        old, new = self._coupling_matrix(self.coupling), self._coupling_matrix(coupling)
+        base = self.departure_map @ np.linalg.inv(old)
+        return dataclasses.replace(self, departure_map=base @ new, coupling=tuple(float(g) for g in coupling))
+
+    def _coupling_matrix(self, coupling: Sequence[float]) -> np.ndarray:
+        m = self.departure_map.shape[1]
+        out = np.eye(m)
+        for (level, exponent, _), g in zip(self.pairs, coupling):
+            out[level, exponent] = g
+        return out
 
     def thetas(self, state: _State) -> np.ndarray:
         """Internal parameters of each candidate [K, p], exponents kept positive."""
@@ -418,7 +460,8 @@ class _Posterior:
     shared_cov: np.ndarray  # S^-1 [p, p]
     mixing: np.ndarray  # R_k = I - S B_k [K, p, p]
     own_cov: np.ndarray  # S D_k^-1 S^T [K, p, p]
-    delta_var: np.ndarray  # V [K, m]
+    delta_var: np.ndarray  # V [K, m], the diagonal of delta_cov
+    delta_cov: np.ndarray  # posterior covariance of each candidate's departures [K, m, m]
     noise_var: float  # the sigma^2 these pieces were computed with
     dof: float
     next_noise_var: float  # sigma^2 re-estimated from the residuals
@@ -444,14 +487,15 @@ def _posterior(model: _Model, state: _State, sigma2: float, passes: int = 1) -> 
     for _ in range(passes):
         arrow = _with_prior(_Arrow(base.g / sigma2, base.c / sigma2, base.d / sigma2), model.prior, state.tau)
         s_inv, b, d_inv = arrow.parts()
-        delta_var = np.diagonal(np.einsum("kmp,pq,knq->kmn", b, s_inv, b) + d_inv, axis1=1, axis2=2)
+        delta_cov = np.einsum("kmp,pq,knq->kmn", b, s_inv, b) + d_inv
+        delta_var = np.diagonal(delta_cov, axis1=1, axis2=2)
         dof = max(n - p - float(np.sum(1.0 - delta_var / state.tau**2)), 0.0)
         est = dispersion(model.noise, r, state.log_s, dof=max(dof, 1.0)) if dof > 0 else 0.0
         used = sigma2
         sigma2 = (dof * est + nu0 * sigma0**2) / max(dof + nu0, 1e-12)
     mixing = np.eye(p)[None] - model.departure_map[None] @ b
     own = model.departure_map[None] @ d_inv @ model.departure_map.T[None]
-    return _Posterior(s_inv, mixing, own, delta_var.copy(), used, dof, sigma2)
+    return _Posterior(s_inv, mixing, own, delta_var.copy(), delta_cov, used, dof, sigma2)
 
 
 def _update_tau(model: _Model, state: _State, post: _Posterior) -> np.ndarray:
@@ -466,6 +510,44 @@ def _update_tau(model: _Model, state: _State, post: _Posterior) -> np.ndarray:
     gamma = np.sum(np.clip(1.0 - post.delta_var / state.tau**2, 0.0, 1.0), axis=0)
     ss = np.sum(state.delta**2, axis=0) + w * model.prior.tau0**2
     return np.sqrt(ss / np.maximum(gamma + w, 1e-12))
+
+
+def _update_coupling(model: _Model, state: _State, post: _Posterior) -> tuple[_Model, float]:
+    """EM step for each learned coupling g (departures="learned"); re-expresses the departures.
+
+    In the centred frame a pair's departures are delta_l = u_l + g u_x, delta_x = u_x with u
+    independent: a full 2x2 covariance. Its M-step for g is the regression of delta_l on
+    delta_x under g's prior N(g0, s0^2):
+
+      g = (sum_k E[delta_l delta_x] / tau_l^2 + g0 / s0^2) / (sum_k E[delta_x^2] / tau_l^2 + 1 / s0^2),
+
+    and in the u coordinates the fit works in, E[delta_l delta_x] = E[u_l u_x] + g E[u_x^2].
+    The candidates' laws do not move: u_l is re-expressed for the new g.
+
+    Returns:
+      the new model, and the largest change in a coupling times tau_x / tau_l (the change in
+      the level's departure per sd of its exponent's, in sds of the level's own).
+    """
+    coupling, change = list(model.coupling or [0.0] * len(model.pairs)), 0.0
+    for i, (level, x, g_natural) in enumerate(model.pairs):
+        m_lx = float(np.sum(state.delta[:, level] * state.delta[:, x] + post.delta_cov[:, level, x]))
+        m_xx = float(np.sum(state.delta[:, x] ** 2 + post.delta_cov[:, x, x]))
+        g0, s0 = _coupling_prior(g_natural)
+        t2 = state.tau[level] ** 2
+        g = ((m_lx + coupling[i] * m_xx) / t2 + g0 / s0**2) / (m_xx / t2 + 1.0 / s0**2)
+        state.delta[:, level] += (coupling[i] - g) * state.delta[:, x]
+        change = max(change, abs(g - coupling[i]) * state.tau[x] / state.tau[level])
+        coupling[i] = g
+    return model.with_coupling(coupling), change
+
+
+def _coupling_prior(g_natural: float) -> tuple[float, float]:
+    """(mean, sd) of a coupling's weak prior: the pivot halfway between N = 1 and the centre, sd log N0.
+
+    Neither frame is favoured, and a campaign with two or three candidates cannot put the
+    pivot at an absurd scale.
+    """
+    return 0.5 * g_natural, abs(g_natural)
 
 
 def _t_inflate(model: _Model, state: _State, post: _Posterior) -> _Posterior:
@@ -500,7 +582,7 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
     with H the Hessian of the joint objective at the fit. Var(log tau_j) is the inverse
     Fisher information of the departures' scale, 1 / (2 sum_k shrink_kj^2 + 2 w), where
     shrink_kj = 1 - V_kj / tau_j^2 and w the hyperprior's weight; Var(log s) likewise is
-    1 / (2 (dof + nu_0)).
+    1 / (2 (dof + nu_0)). Learned couplings g (departures="learned") add a row each.
     """
     r, jac = model.residuals(state)
     k, m = state.delta.shape
@@ -514,6 +596,14 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
         rhs_k = np.zeros((k, m))
         rhs_k[:, j] = 2.0 * state.delta[:, j] / state.tau[j] ** 2  # -d grad_delta / d log tau_j
         rhs.append((np.zeros(p), rhs_k, var))
+    for level, x, g_natural in model.pairs:
+        # Learned couplings g: -d grad_u / dg at fixed centred departures delta (so at fixed laws);
+        # Var(g) is that of the regression of delta_l on delta_x with g's prior, 1 / (sum_k delta_x^2 / tau_l^2 + 1 / s0^2).
+        t2 = state.tau[level] ** 2
+        rhs_k = np.zeros((k, m))
+        rhs_k[:, x], rhs_k[:, level] = state.delta[:, level] / t2, state.delta[:, x] / t2
+        info = float(np.sum(state.delta[:, x] ** 2)) / t2 + 1.0 / _coupling_prior(g_natural)[1] ** 2
+        rhs.append((np.zeros(p), rhs_k, 1.0 / info))
     g_mu0, g_d0 = model.gradient(state, r, jac)
     g_mu1, g_d1 = model.gradient(dataclasses.replace(state, log_s=state.log_s + step), r, jac)
     var_s = 1.0 / (2.0 * (post.dof + model.prior.sigma_weight) + 1e-12)
@@ -541,8 +631,12 @@ def _initial_mu(model: _Model, config: PoolingConfig) -> list[np.ndarray]:
     return inits
 
 
-def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State, int]:
-    """Alternate a marginal-likelihood step on mu with updates of s and tau until all settle."""
+def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State, _Model, int]:
+    """Alternate a marginal-likelihood step on mu with updates of s, tau (and learned couplings) until all settle.
+
+    Returns:
+      the state, the model with the couplings it settled on, and the iterations taken.
+    """
     k, m = len(model.data.candidates), model.departure_map.shape[1]
     state = _State(mu0.copy(), np.zeros((k, m)), math.log(model.prior.sigma0), model.prior.tau0.copy(),
                    model.prior.sigma0**2)
@@ -556,13 +650,14 @@ def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State,
         # Hyperparameters need far less precision than the parameters they regularise.
         hyper = max(abs(log_s - state.log_s), float(np.max(np.abs(np.log(tau / state.tau)), initial=0.0)),
                     abs(math.log(post.next_noise_var / state.noise_var)))
+        if model.pairs:
+            model, moved = _update_coupling(model, state, post)
+            hyper = max(hyper, moved)
         state.log_s, state.tau, state.noise_var = log_s, tau, post.next_noise_var
         _solve_departures(model, state, max_steps=5)
         if change < config.tol and hyper < 100 * config.tol:
-            return state, it + 1
-    return state, config.max_iter
-
-
+            return state, model, it + 1
+    return state, model, config.max_iter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -582,6 +677,8 @@ class Estimated:
       unique_tokens: unique-data budget, or None.
       iterations: iterations of the chosen start.
       hyper: sensitivity of theta to the hyperparameters times their sd [h, K, p] (_hyper_sensitivity).
+      log_pivots: with departures="learned", for each coupled exponent the log N (alpha) or log D (beta)
+        at which its departures and its level's are independent a priori (0 is "natural").
     """
 
     candidates: tuple[str, ...]
@@ -596,6 +693,7 @@ class Estimated:
     unique_tokens: float | None
     iterations: int
     hyper: np.ndarray | None = None
+    log_pivots: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estimated:
@@ -605,15 +703,19 @@ def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estim
     reparam = law.reparam(float(np.mean(data.x.log_n)), float(np.mean(data.x.log_d)))
     prior = _Prior.build(config, law, float(np.mean(data.log_y)))
     exponents = np.array([j for j, name in enumerate(law.param_names) if name in EXPONENTS], dtype=int)
-    model = _Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents)
-    best, best_value, iters = None, math.inf, 0
-    for mu0 in _initial_mu(model, config):
-        state, it = _run(model, mu0, config)
-        value = _marginal(model, state)
+    pairs = config.coupled_pairs(reparam)
+    start = _Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents,
+                   pairs, (0.0,) * len(pairs))
+    best, model, best_value, iters = None, start, math.inf, 0
+    for mu0 in _initial_mu(start, config):
+        state, fitted, it = _run(start, mu0, config)
+        value = _marginal(fitted, state)
         if value < best_value:
-            best, best_value, iters = state, value, it
+            best, model, best_value, iters = state, fitted, value, it
     post = _posterior(model, best, best.noise_var, passes=3)
     hyper = _hyper_sensitivity(model, best, post)
+    pivots = tuple(g - g_natural for g, (_, _, g_natural) in zip(model.coupling, pairs))
     return Estimated(data.candidates, reparam, model.thetas(best), best.mu, best.tau, best.log_s,
                      _t_inflate(model, best, post), data.flops_models, tuple(int(c) for c in data.counts),
-                     data.unique_tokens, iters, hyper)
+                     data.unique_tokens, iters, hyper,
+                     {config.varying[x]: p for (_, x, _), p in zip(pairs, pivots)})

@@ -69,7 +69,8 @@ def fit_pooled(runs_by_candidate: RunsByCandidate, config: PoolingConfig = Pooli
     tau = {name: float(t) for name, t in zip(config.varying, est.tau)}
     return PooledFit(config.law, est.candidates, est.reparam.to_natural(est.theta), est.reparam.to_natural(est.mu),
                      tau, post.noise_var, est.log_scale, est.reparam, post.shared_cov, post.mixing, post.own_cov,
-                     est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations, est.hyper)
+                     est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations, est.hyper,
+                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()})
 
 
 # ---------------------------------------------------------------------------- the fitted campaign
@@ -102,6 +103,10 @@ class PooledFit:
       hyper: H_h [h, K, p] (internal), or None: how the fit moves with each hyperparameter
         (log tau_j, log s) times that hyperparameter's sd. The posterior adds sum_h z_h H_h,
         z_h ~ N(0, 1) common to all candidates, for the uncertainty of the hyperparameters.
+      pivots: with departures="learned", for each exponent whose departures were fitted jointly with
+        its level's, the N (alpha) or D (beta) at which the two are independent a priori: near the
+        campaign's centre, candidates differ as compute multipliers there; near 1, as in the
+        natural parameters.
     """
 
     law_name: str
@@ -121,6 +126,7 @@ class PooledFit:
     unique_tokens: float | None = None
     iterations: int = 0
     hyper: np.ndarray | None = None
+    pivots: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def _hyper(self) -> np.ndarray:
         k, p, _ = self.mixing.shape

@@ -114,6 +114,9 @@ class CampaignSpec:
       children_per_step: children proposed per step.
       fit_law: scaling law ("chinchilla" or "data-constrained").
       fit_varying: law parameters that depart per candidate in the pooled fit (the rest are shared).
+      fit_departures: where those departures are independent a priori ("centred", "natural" or
+        "learned"; see active_learning.hierarchical.PoolingConfig). It matters only when an
+        exponent varies.
       budget, proxies, evaluator, population: see their classes.
       proposer: the raw ``[proposer]`` table (``search.llm`` reads it); empty means the mutator.
       path: the spec file (relative paths are resolved against its folder).
@@ -130,6 +133,7 @@ class CampaignSpec:
     children_per_step: int = 2
     fit_law: str = "chinchilla"
     fit_varying: tuple[str, ...] = ("e", "a", "b")
+    fit_departures: str = "centred"
     budget: BudgetConfig = BudgetConfig()
     proxies: ProxyConfig = ProxyConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
@@ -194,6 +198,12 @@ def _check(spec: CampaignSpec) -> None:
         raise SpecError(f"[proxies] needs 0 < n_min <= n_max, 0 < d_min <= d_max and a positive base, got {p}")
     if spec.children_per_step < 1:
         raise SpecError("[campaign] children_per_step must be at least 1")
+    from active_learning.hierarchical import PoolingConfig  # scipy: imported when a spec is checked, not before
+
+    try:
+        PoolingConfig(law=spec.fit_law, varying=tuple(spec.fit_varying), departures=spec.fit_departures)
+    except ValueError as e:
+        raise SpecError(f"[campaign] fit_law, fit_varying or fit_departures: {e}") from e
 
 
 def load_spec(path: str | os.PathLike) -> CampaignSpec:
@@ -231,6 +241,7 @@ inference_tokens = 0           # > 0: allocate N and D inference-aware (Sardana 
 children_per_step = 2          # programs proposed per step
 fit_law = "chinchilla"         # or "data-constrained"
 fit_varying = ["e", "a", "b"]  # per-candidate departures in the pooled fit; exponents shared
+fit_departures = "centred"     # with "alpha"/"beta" in fit_varying: "learned" fits each one's link to its level
 
 [budget]                       # the campaign stops at the first one reached; 0 = no limit
 candidates = 40                # programs evaluated

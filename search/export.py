@@ -69,7 +69,9 @@ def pooled_fit(db: sqlite_utils.Database, spec: dict):
     from search.judge import observations
 
     varying = tuple(spec.get("fit_varying", ("e", "a", "b")))
-    return fit_pooled(observations(db), PoolingConfig(law=spec.get("fit_law", "chinchilla"), varying=varying, level=LEVEL))
+    config = PoolingConfig(law=spec.get("fit_law", "chinchilla"), varying=varying,
+                           departures=spec.get("fit_departures", "centred"), level=LEVEL)
+    return fit_pooled(observations(db), config)
 
 
 def law_summary(pooled, cand: str) -> dict[str, Any]:

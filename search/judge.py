@@ -67,7 +67,7 @@ def pooling(spec: CampaignSpec) -> PoolingConfig:
     keeps a difference in the floor visible while the pooled exponents still
     borrow strength across candidates with one or two runs.
     """
-    return PoolingConfig(law=spec.fit_law, varying=tuple(spec.fit_varying))
+    return PoolingConfig(law=spec.fit_law, varying=tuple(spec.fit_varying), departures=spec.fit_departures)
 
 
 def fit_round(db: sqlite_utils.Database, spec: CampaignSpec, rng: np.random.Generator) -> Judgement:
@@ -109,7 +109,8 @@ def _intervals(pooled: PooledFit, cand: str) -> dict[str, list[float]]:
 def _pooled_record(pooled: PooledFit, n_runs: int) -> Fit:
     mean = pooled.law.describe(pooled.mean)
     return Fit(program_id=None, kind="pooled", law=pooled.law_name,
-               params={**mean, "tau": pooled.tau, "noise_sd": math.sqrt(pooled.noise_var)}, n_runs=n_runs)
+               params={**mean, "tau": pooled.tau, "noise_sd": math.sqrt(pooled.noise_var),
+                       **({"pivots": pooled.pivots} if pooled.pivots else {})}, n_runs=n_runs)
 
 
 def scaling_flops(db: sqlite_utils.Database) -> tuple[float, float]:

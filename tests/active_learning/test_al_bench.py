@@ -21,6 +21,18 @@ def test_one_small_campaign_scores_every_design_and_summarises():
     summary = bench.summarise(cfg, [result])
     for key in ("al_flops_fraction_to_match_grid", "al_pick_rate", "small_scale_pick_rate"):
         assert key in summary
+    lo, hi = summary["al_pick_rate_interval"]
+    assert lo <= summary["al_pick_rate"] <= hi
+
+
+def test_wilson_intervals_have_their_known_values():
+    # None of 10 at 95%: the upper end is z^2 / (n + z^2) (Wilson 1927); a half rate is symmetric.
+    lo, hi = bench.wilson_interval(0, 10, level=0.95)
+    assert lo == 0.0 and hi == pytest.approx(1.959964**2 / (10 + 1.959964**2), rel=1e-6)
+    lo, hi = bench.wilson_interval(20, 40)
+    assert lo + hi == pytest.approx(1.0) and 0.37 < lo < 0.38  # 0.5 -+ 0.127 at 90%
+    lo, hi = bench.wilson_interval(34, 40)
+    assert lo < 0.85 < hi < 0.93  # 0.85 from 40 campaigns does not rule out 0.90
 
 
 def test_every_design_sees_the_same_noise():

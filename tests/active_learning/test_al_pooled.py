@@ -115,6 +115,57 @@ def test_natural_and_centred_departures_are_the_same_model_when_only_levels_vary
     np.testing.assert_allclose(natural.stacked_cov(), centred.stacked_cov(), rtol=1e-8, atol=1e-14)
 
 
+def _coupled_campaign(rng, chinchilla_runs, isoflop_points, frame: str):
+    """16 candidates whose log A and alpha depart independently at N = 1 ("natural") or at the centre."""
+    n, d = isoflop_points(per_budget=5)
+    log_n0 = float(np.mean(np.log(n)))
+    runs = {}
+    for k in range(16):
+        d_level, d_alpha = 0.3 * rng.standard_normal(), 0.03 * rng.standard_normal()
+        if frame == "centred":
+            d_level += d_alpha * log_n0  # log A = level at the centre + alpha log N0
+        runs[f"c{k}"] = chinchilla_runs(HOFFMANN_2022 + np.array([0.0, d_level, 0.0, d_alpha, 0.0]), n, d, 0.003, rng)
+    return runs, log_n0
+
+
+@pytest.mark.parametrize("frame", ["natural", "centred"])
+def test_learned_departures_find_the_scale_where_level_and_exponent_are_independent(rng, chinchilla_runs,
+                                                                                   isoflop_points, frame):
+    runs, log_n0 = _coupled_campaign(rng, chinchilla_runs, isoflop_points, frame)
+    fit = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures="learned"))
+    log_pivot = math.log(fit.pivots["alpha"])
+    truth = 0.0 if frame == "natural" else log_n0
+    # 16 candidates pin the regression of the level on the exponent to about +-2.5 in log N.
+    assert abs(log_pivot - truth) < 0.3 * log_n0
+    # tau of the level is its independent part's, the simulated 0.3 (centred reads 0.6 from natural data).
+    assert fit.tau["a"] == pytest.approx(0.3, rel=0.4)
+    assert fit.hyper is not None and fit.hyper.shape[0] == 4  # log tau_a, log tau_alpha, the coupling, log s
+
+
+def test_learned_departures_fit_as_well_as_the_frame_the_data_came_from(rng, chinchilla_runs, isoflop_points):
+    runs, _ = _coupled_campaign(rng, chinchilla_runs, isoflop_points, "natural")
+    fits = {frame: fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures=frame))
+            for frame in ("centred", "natural", "learned")}
+    pred = {frame: fit.predict_at_target(TARGET) for frame, fit in fits.items()}
+    spread = {frame: np.mean([p.sd / p.loss for p in pr.values()]) for frame, pr in pred.items()}
+    # The centred prior shrinks a steep exponent without the level that comes with it, and widens its
+    # level prior to make up; learning the coupling recovers the natural frame's tighter predictions.
+    assert spread["learned"] < spread["centred"]
+    assert spread["learned"] == pytest.approx(spread["natural"], rel=0.25)
+
+
+def test_learned_departures_are_the_centred_model_when_no_exponent_and_its_level_both_vary(rng, chinchilla_runs):
+    truths, runs = _campaign(rng, [5, 3, 1], chinchilla_runs)
+    for varying in (("e", "a", "b"), ("e", "alpha")):
+        assert PoolingConfig(varying=varying, departures="learned").coupled_pairs(
+            Chinchilla().reparam(17.0, 20.0)) == ()
+        centred = fit_pooled(runs, PoolingConfig(varying=varying))
+        learned = fit_pooled(runs, PoolingConfig(varying=varying, departures="learned"))
+        np.testing.assert_array_equal(learned.theta, centred.theta)
+        np.testing.assert_array_equal(learned.stacked_cov(), centred.stacked_cov())
+        assert learned.pivots == {}
+
+
 def test_fully_shared_law_has_no_departures(rng, chinchilla_runs):
     truths, runs = _campaign(rng, [4, 4, 4], chinchilla_runs, level_sd=0.0)
     fit = fit_pooled(runs, PoolingConfig(varying=()))

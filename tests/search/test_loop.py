@@ -186,3 +186,53 @@ def test_a_point_is_never_planned_twice_for_a_program_even_after_it_failed(tmp_p
     failed = [r for r in query.runs(db) if r.stage == Stage.SCALING and r.status.value == "invalid"]
     assert failed, "the test needs active learning to try the smallest N"
     assert len(scaling) == len(set(scaling))
+
+
+@pytest.mark.parametrize("old, new, match", [
+    ('fit_varying = ["e", "a", "b"]', 'fit_varying = ["e", "slope"]', "varying must be"),
+    ('fit_departures = "centred"', 'fit_departures = "sideways"', "departures must be"),
+    ('fit_law = "chinchilla"', 'fit_law = "kaplan"', "pooling supports"),
+])
+def test_a_bad_pooled_fit_setting_is_refused_when_the_spec_is_read(tmp_path, old, new, match):
+    # Not hours later, at the first fit: the message names the key and what it may be.
+    from search.config import SpecError
+
+    make_spec(tmp_path)
+    path = tmp_path / "campaign.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    with pytest.raises(SpecError, match=match):
+        load_spec(path)
+
+
+def test_learned_departures_reach_the_pooled_fit(tmp_path):
+    from search.judge import pooling
+
+    spec = make_spec(tmp_path, extra="")
+    assert pooling(spec).departures == "centred"
+    path = tmp_path / "campaign.toml"
+    path.write_text(path.read_text().replace('fit_departures = "centred"', 'fit_departures = "learned"'))
+    assert pooling(load_spec(path)).departures == "learned"
+
+
+def test_the_pooled_fit_record_keeps_learned_pivots():
+    import math
+
+    import numpy as np
+
+    from active_learning.pooled import PoolingConfig, fit_pooled
+    from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
+    from search.judge import _pooled_record
+
+    n = np.geomspace(1e7, 1e9, 6)
+    runs = {}
+    for k, step in enumerate((-0.02, 0.0, 0.02)):
+        theta = HOFFMANN_2022 + np.array([0.0, 0.2 * step / 0.02, 0.0, step, 0.0])
+        loss = np.exp(Chinchilla().log_loss(theta, Features.from_arrays(n, 20 * n)))
+        runs[f"c{k}"] = [Observation(float(a), 20 * float(a), float(y)) for a, y in zip(n, loss)]
+    for departures, keys in (("centred", set()), ("learned", {"alpha"})):
+        fit = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures=departures))
+        params = _pooled_record(fit, 18).params
+        assert set(params.get("pivots", {})) == keys
+        assert all(math.isfinite(v) and v > 0 for v in params.get("pivots", {}).values())
