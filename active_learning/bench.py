@@ -373,9 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="also compute the best design at the true laws at every budget (oracle.py; slower)")
     parser.add_argument("--departures", choices=("centred", "natural", "learned"), default=None,
-                        help="the pooled fit's departures: independent at the campaign's centre (default), in the "
-                             "natural parameters, as the simulator draws them, or with each exponent's correlation "
-                             "with its level fitted")
+                        help="the pooled fit's departures: with each exponent's correlation with its level fitted "
+                             "(learned, the default), independent at the campaign's centre, or independent in the "
+                             "natural parameters, as the simulator draws them")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
     args = parser.parse_args(argv)

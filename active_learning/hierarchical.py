@@ -72,9 +72,10 @@ class PoolingConfig:
       departures: where the departures are independent a priori: "centred", at the campaign's
         centre (a candidate's level there and its exponents vary independently), "natural",
         in the natural parameters (log A, log B at N = D = 1 and the exponents vary independently,
-        so a steeper exponent also lowers the level at the campaign's scale), or "learned": the
-        correlation of each varying exponent with its varying level (alpha with a, beta with b) is
-        fitted, which puts the scale where they are independent wherever the data say.
+        so a steeper exponent also lowers the level at the campaign's scale), or "learned" (the
+        default): the correlation of each varying exponent with its varying level (alpha with a,
+        beta with b) is fitted, which puts the scale where they are independent wherever the data
+        say. With shared exponents (the default varying) the three are the same model.
       tau_prior: prior guess of each departure's sd (hyperprior scale, log or exponent units).
       tau_prior_weight: the hyperprior's weight, in pseudo-candidates.
       noise_prior: (sigma_0, weight): prior guess of the seed noise on log loss and its
@@ -92,7 +93,7 @@ class PoolingConfig:
     huber_delta: float = 1e-3
     student_t_nu: float = 4.0
     varying: tuple[str, ...] = ("a", "b")
-    departures: str = "centred"
+    departures: str = "learned"
     tau_prior: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TAU_PRIOR))
     tau_prior_weight: float = 1.0
     noise_prior: tuple[float, float] = (0.01, 2.0)

@@ -8,7 +8,9 @@ exponents; a candidate with many runs is close to its own separate fit.
 
 By default E and the exponents are shared and log A, log B vary (varying=("a", "b")):
 with shared exponents, candidates differ in level but not in slope. Add "e",
-"alpha" or "beta" to `varying` to let them depart too (their laws can then cross).
+"alpha" or "beta" to `varying` to let them depart too (their laws can then cross); with
+its level varying too, an exponent's departures are correlated with the level's as the
+data say (departures="learned": see hierarchical.py).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class CampaignSpec:
     children_per_step: int = 2
     fit_law: str = "chinchilla"
     fit_varying: tuple[str, ...] = ("e", "a", "b")
-    fit_departures: str = "centred"
+    fit_departures: str = "learned"
     budget: BudgetConfig = BudgetConfig()
     proxies: ProxyConfig = ProxyConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
@@ -241,7 +241,7 @@ inference_tokens = 0           # > 0: allocate N and D inference-aware (Sardana 
 children_per_step = 2          # programs proposed per step
 fit_law = "chinchilla"         # or "data-constrained"
 fit_varying = ["e", "a", "b"]  # per-candidate departures in the pooled fit; exponents shared
-fit_departures = "centred"     # with "alpha"/"beta" in fit_varying: "learned" fits each one's link to its level
+fit_departures = "learned"     # with "alpha"/"beta" in fit_varying: fit each one's link to its level
 
 [budget]                       # the campaign stops at the first one reached; 0 = no limit
 candidates = 40                # programs evaluated

@@ -70,6 +70,7 @@ def pooled_fit(db: sqlite_utils.Database, spec: dict):
 
     varying = tuple(spec.get("fit_varying", ("e", "a", "b")))
     config = PoolingConfig(law=spec.get("fit_law", "chinchilla"), varying=varying,
+                           # a campaign recorded before the setting existed was fitted "centred"
                            departures=spec.get("fit_departures", "centred"), level=LEVEL)
     return fit_pooled(observations(db), config)
 

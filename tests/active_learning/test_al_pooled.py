@@ -95,7 +95,7 @@ def test_natural_departures_leave_the_natural_levels_shared_where_centred_ones_m
     n, d = isoflop_points(per_budget=5)
     steeper = HOFFMANN_2022 + np.array([0.0, 0.0, 0.0, 0.03, 0.0])
     runs = {"a": chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng), "b": chinchilla_runs(steeper, n, d, 0.01, rng)}
-    centred = fit_pooled(runs, PoolingConfig(varying=("alpha",)))
+    centred = fit_pooled(runs, PoolingConfig(varying=("alpha",), departures="centred"))
     natural = fit_pooled(runs, PoolingConfig(varying=("alpha",), departures="natural"))
     a, b = natural.params("a"), natural.params("b")
     assert b["alpha"] - a["alpha"] == pytest.approx(0.03, abs=0.01)  # the truth's departure is natural
@@ -109,7 +109,7 @@ def test_natural_departures_leave_the_natural_levels_shared_where_centred_ones_m
 def test_natural_and_centred_departures_are_the_same_model_when_only_levels_vary(rng, chinchilla_runs):
     # The centring moves levels by multiples of the exponents; with shared exponents the two coincide.
     truths, runs = _campaign(rng, [5, 3, 1], chinchilla_runs)
-    centred = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b")))
+    centred = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b"), departures="centred"))
     natural = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b"), departures="natural"))
     np.testing.assert_allclose(natural.theta, centred.theta, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(natural.stacked_cov(), centred.stacked_cov(), rtol=1e-8, atol=1e-14)
@@ -159,7 +159,7 @@ def test_learned_departures_are_the_centred_model_when_no_exponent_and_its_level
     for varying in (("e", "a", "b"), ("e", "alpha")):
         assert PoolingConfig(varying=varying, departures="learned").coupled_pairs(
             Chinchilla().reparam(17.0, 20.0)) == ()
-        centred = fit_pooled(runs, PoolingConfig(varying=varying))
+        centred = fit_pooled(runs, PoolingConfig(varying=varying, departures="centred"))
         learned = fit_pooled(runs, PoolingConfig(varying=varying, departures="learned"))
         np.testing.assert_array_equal(learned.theta, centred.theta)
         np.testing.assert_array_equal(learned.stacked_cov(), centred.stacked_cov())

@@ -190,7 +190,7 @@ def test_a_point_is_never_planned_twice_for_a_program_even_after_it_failed(tmp_p
 
 @pytest.mark.parametrize("old, new, match", [
     ('fit_varying = ["e", "a", "b"]', 'fit_varying = ["e", "slope"]', "varying must be"),
-    ('fit_departures = "centred"', 'fit_departures = "sideways"', "departures must be"),
+    ('fit_departures = "learned"', 'fit_departures = "sideways"', "departures must be"),
     ('fit_law = "chinchilla"', 'fit_law = "kaplan"', "pooling supports"),
 ])
 def test_a_bad_pooled_fit_setting_is_refused_when_the_spec_is_read(tmp_path, old, new, match):
@@ -206,14 +206,14 @@ def test_a_bad_pooled_fit_setting_is_refused_when_the_spec_is_read(tmp_path, old
         load_spec(path)
 
 
-def test_learned_departures_reach_the_pooled_fit(tmp_path):
+def test_the_departures_setting_reaches_the_pooled_fit(tmp_path):
     from search.judge import pooling
 
     spec = make_spec(tmp_path, extra="")
-    assert pooling(spec).departures == "centred"
+    assert pooling(spec).departures == "learned"
     path = tmp_path / "campaign.toml"
-    path.write_text(path.read_text().replace('fit_departures = "centred"', 'fit_departures = "learned"'))
-    assert pooling(load_spec(path)).departures == "learned"
+    path.write_text(path.read_text().replace('fit_departures = "learned"', 'fit_departures = "natural"'))
+    assert pooling(load_spec(path)).departures == "natural"
 
 
 def test_the_pooled_fit_record_keeps_learned_pivots():
