@@ -20,10 +20,11 @@ The last line of output is JSON with those numbers per design and budget and
 the headline keys al_flops_fraction_to_match_grid (the smallest budget at which
 active learning's mare, over all candidates, is at most the full grid's; null if
 never), al_pick_rate (active learning's pick rate at that budget, where it stops)
-and small_scale_pick_rate (ranking by the base run's observed loss alone), the two
-rates with 90% Wilson intervals (al_pick_rate_interval, small_scale_pick_rate_interval:
-with 40 campaigns a rate is known to about +-0.1). A secondary key, al_flops_fraction_to_match_grid_best_candidate, applies the same
-rule to the error of the true best candidate's prediction.
+and small_scale_pick_rate (ranking by the base run's observed loss alone), with 90%
+Wilson intervals for both rates (al_pick_rate_interval, small_scale_pick_rate_interval):
+from 40 campaigns a rate is known to about +-0.1. A secondary key,
+al_flops_fraction_to_match_grid_best_candidate, applies the same rule to the error of
+the true best candidate's prediction.
 
 With --oracle it also asks how much any design could do (oracle.py): at every
 budget, the mean posterior sd of log L*(C*) of the best relaxed design computed

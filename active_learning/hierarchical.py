@@ -599,7 +599,7 @@ def _hyper_sensitivity(model: _Model, state: _State, post: _Posterior, step: flo
         rhs.append((np.zeros(p), rhs_k, var))
     for level, x, g_natural in model.pairs:
         # Learned couplings g: -d grad_u / dg at fixed centred departures delta (so at fixed laws);
-        # Var(g) is that of the regression of delta_l on delta_x with g's prior, 1 / (sum_k delta_x^2 / tau_l^2 + 1 / s0^2).
+        # Var(g) is the regression's of delta_l on delta_x with g's prior: 1 / (sum_k delta_x^2 / tau_l^2 + 1 / s0^2).
         t2 = state.tau[level] ** 2
         rhs_k = np.zeros((k, m))
         rhs_k[:, x], rhs_k[:, level] = state.delta[:, level] / t2, state.delta[:, x] / t2
