@@ -342,7 +342,7 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         "al_flops_fraction_to_match_grid_best_candidate": min(matched_best) if matched_best else None,
         "al_stop_budget": stop,
         "al_pick_rate": designs["al"][str(stop)]["pick_rate"],
-        "small_scale_pick_rate": float(np.mean([r["small_scale_pick"] for r in results])),
+        "small_scale_pick_rate": small_picks / len(results),
         "al_pick_rate_interval": wilson_interval(al_picks, len(results)),
         "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),
         "grid_full_mare": grid_error,

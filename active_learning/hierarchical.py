@@ -287,17 +287,16 @@ class _Model:
     coupling: tuple[float, ...] = ()  # g of each pair; departure_map = S_centred L(g)
 
     def with_coupling(self, coupling: Sequence[float]) -> _Model:
-        """The model with S = S_centred L(g), L = I + sum_i g_i e_level e_exponent^T."""
-        old, new = self._coupling_matrix(self.coupling), self._coupling_matrix(coupling)
-        base = self.departure_map @ np.linalg.inv(old)
-        return dataclasses.replace(self, departure_map=base @ new, coupling=tuple(float(g) for g in coupling))
+        """The model with S = S_centred L(g), L = I + sum_i g_i e_level e_exponent^T.
 
-    def _coupling_matrix(self, coupling: Sequence[float]) -> np.ndarray:
-        m = self.departure_map.shape[1]
-        out = np.eye(m)
-        for (level, exponent, _), g in zip(self.pairs, coupling):
-            out[level, exponent] = g
-        return out
+        L adds g times the level's column to the exponent's; the level's column is a unit
+        vector, so taking the old g out and putting the new one in is exact.
+        """
+        s = self.departure_map.copy()
+        for (level, x, _), old, new in zip(self.pairs, self.coupling, coupling):
+            s[:, x] -= old * s[:, level]
+            s[:, x] += new * s[:, level]
+        return dataclasses.replace(self, departure_map=s, coupling=tuple(float(g) for g in coupling))
 
     def thetas(self, state: _State) -> np.ndarray:
         """Internal parameters of each candidate [K, p], exponents kept positive."""
@@ -529,7 +528,7 @@ def _update_coupling(model: _Model, state: _State, post: _Posterior) -> tuple[_M
       the new model, and the largest change in a coupling times tau_x / tau_l (the change in
       the level's departure per sd of its exponent's, in sds of the level's own).
     """
-    coupling, change = list(model.coupling or [0.0] * len(model.pairs)), 0.0
+    coupling, change = list(model.coupling), 0.0
     for i, (level, x, g_natural) in enumerate(model.pairs):
         m_lx = float(np.sum(state.delta[:, level] * state.delta[:, x] + post.delta_cov[:, level, x]))
         m_xx = float(np.sum(state.delta[:, x] ** 2 + post.delta_cov[:, x, x]))

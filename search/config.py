@@ -198,10 +198,10 @@ def _check(spec: CampaignSpec) -> None:
         raise SpecError(f"[proxies] needs 0 < n_min <= n_max, 0 < d_min <= d_max and a positive base, got {p}")
     if spec.children_per_step < 1:
         raise SpecError("[campaign] children_per_step must be at least 1")
-    from active_learning.hierarchical import PoolingConfig  # scipy: imported when a spec is checked, not before
+    from search.judge import pooling  # scipy: imported when a spec is checked, not before
 
     try:
-        PoolingConfig(law=spec.fit_law, varying=tuple(spec.fit_varying), departures=spec.fit_departures)
+        pooling(spec)  # the fit's own settings, so the check cannot drift from what the campaign fits
     except ValueError as e:
         raise SpecError(f"[campaign] fit_law, fit_varying or fit_departures: {e}") from e
 
