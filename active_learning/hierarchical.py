@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import optimize
 
-from active_learning import allocate
+from active_learning import accelerate, allocate
 from active_learning.fit import FitConfig, fit_arrays
 from active_learning.noise import MIN_LOG_SCALE, NoiseModel, StudentT, dispersion, make_noise
 from active_learning.scaling_law import (MIN_EXPONENT, MUENNIGHOFF_R_D_STAR, MUENNIGHOFF_R_N_STAR, Features,
@@ -86,6 +86,8 @@ class PoolingConfig:
       level: nominal coverage of intervals.
       max_iter: iteration cap of the joint Gauss-Newton / EM loop.
       tol: convergence tolerance on parameter steps.
+      accelerate: extrapolate the hyperparameters' fixed-point iteration (SQUAREM); False
+        iterates plainly, to the same fixed point.
     """
 
     law: str = "chinchilla"
@@ -102,6 +104,7 @@ class PoolingConfig:
     level: float = 0.9
     max_iter: int = 300
     tol: float = 1e-6
+    accelerate: bool = True
 
     def __post_init__(self) -> None:
         if self.law not in POOLABLE_LAWS:
@@ -535,10 +538,19 @@ def _update_coupling(model: _Model, state: _State, post: _Posterior) -> tuple[_M
         g0, s0 = _coupling_prior(g_natural)
         t2 = state.tau[level] ** 2
         g = ((m_lx + coupling[i] * m_xx) / t2 + g0 / s0**2) / (m_xx / t2 + 1.0 / s0**2)
-        state.delta[:, level] += (coupling[i] - g) * state.delta[:, x]
         change = max(change, abs(g - coupling[i]) * state.tau[x] / state.tau[level])
         coupling[i] = g
-    return model.with_coupling(coupling), change
+    return _recouple(model, state, coupling), change
+
+
+def _recouple(model: _Model, state: _State, coupling: Sequence[float]) -> _Model:
+    """The model with new couplings, and the departures re-expressed so the candidates' laws do not move.
+
+    The centred departure delta_l = u_l + g u_x stays put: u_l absorbs (g_old - g_new) u_x.
+    """
+    for (level, x, _), old, new in zip(model.pairs, model.coupling, coupling):
+        state.delta[:, level] += (old - new) * state.delta[:, x]
+    return model.with_coupling(coupling)
 
 
 def _coupling_prior(g_natural: float) -> tuple[float, float]:
@@ -631,8 +643,74 @@ def _initial_mu(model: _Model, config: PoolingConfig) -> list[np.ndarray]:
     return inits
 
 
+def _iterate(model: _Model, state: _State) -> tuple[_Model, float, float]:
+    """One iteration: a marginal-likelihood step on mu, then updates of s, tau (and learned couplings).
+
+    Returns:
+      the model with its new couplings, the largest change of a parameter, and of a hyperparameter.
+    """
+    change = _marginal_step(model, state)
+    post = _posterior(model, state, state.noise_var)
+    r, jac = model.residuals(state)
+    log_s = model.fit_log_scale(r, post.fitted_var(jac, model.data.index))
+    tau = _update_tau(model, state, post) if state.delta.shape[1] else state.tau
+    # Hyperparameters need far less precision than the parameters they regularise.
+    hyper = max(abs(log_s - state.log_s), float(np.max(np.abs(np.log(tau / state.tau)), initial=0.0)),
+                abs(math.log(post.next_noise_var / state.noise_var)))
+    if model.pairs:
+        model, moved = _update_coupling(model, state, post)
+        hyper = max(hyper, moved)
+    state.log_s, state.tau, state.noise_var = log_s, tau, post.next_noise_var
+    _solve_departures(model, state, max_steps=5)
+    return model, change, hyper
+
+
+def _hypers(model: _Model, state: _State) -> np.ndarray:
+    """The hyperparameters as one vector for extrapolation: log tau, g_i tau_x / tau_l, log s, log sigma^2.
+
+    A coupling is scaled as the convergence test measures it: the level's departure it
+    implies per sd of the exponent's, in sds of the level's own.
+    """
+    return np.concatenate([np.log(state.tau), np.asarray(model.coupling) * _coupling_scale(model, state.tau),
+                           [state.log_s, math.log(state.noise_var)]])
+
+
+def _coupling_scale(model: _Model, tau: np.ndarray) -> np.ndarray:
+    return np.array([tau[x] / tau[level] for level, x, _ in model.pairs])
+
+
+def _set_hypers(model: _Model, state: _State, h: np.ndarray) -> _Model:
+    """Put an extrapolated hyperparameter vector (_hypers' layout) into the state; re-solve the departures."""
+    m, n_pairs = len(state.tau), len(model.pairs)
+    tau = np.exp(h[:m])
+    model = _recouple(model, state, h[m:m + n_pairs] / _coupling_scale(model, tau))
+    state.tau = tau
+    state.log_s = float(np.clip(h[-2], MIN_LOG_SCALE, 1.0))
+    state.noise_var = math.exp(h[-1])
+    _solve_departures(model, state, max_steps=5)
+    return model
+
+
+def _copy(state: _State) -> _State:
+    return dataclasses.replace(state, mu=state.mu.copy(), delta=state.delta.copy(), tau=state.tau.copy())
+
+
+# Extrapolate from iterates this many iterations apart: the hyperparameters' path jitters from
+# one iteration to the next (mu follows them with a Newton step each), and over two iterations
+# the slow drift shows above the jitter (on 48 bench fits, spans 1, 2, 3 took 35%, 45%, 40%
+# fewer iterations than no extrapolation).
+SQUAREM_SPAN = 2
+
+
 def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State, _Model, int]:
-    """Alternate a marginal-likelihood step on mu with updates of s, tau (and learned couplings) until all settle.
+    """Iterate until the parameters and hyperparameters all settle, SQUAREM-accelerated (accelerate.py).
+
+    The hyperparameters' fixed point converges linearly, slowly when few candidates inform
+    them (learned couplings took 20 to 100 iterations). Every two plain iterations, the
+    hyperparameters are extrapolated along the path they took; mu and the departures
+    follow within an iteration or two, their Newton steps converging fast. An extrapolation
+    that leaves the hyperparameters moving more than before it is undone and the step
+    cap shrinks, so the iteration never does worse than the plain one by more than a step.
 
     Returns:
       the state, the model with the couplings it settled on, and the iterations taken.
@@ -641,22 +719,28 @@ def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State,
     state = _State(mu0.copy(), np.zeros((k, m)), math.log(model.prior.sigma0), model.prior.tau0.copy(),
                    model.prior.sigma0**2)
     _solve_departures(model, state)
+    trail, max_step, undo = [_hypers(model, state)], 1.0, None
     for it in range(config.max_iter):
-        change = _marginal_step(model, state)
-        post = _posterior(model, state, state.noise_var)
-        r, jac = model.residuals(state)
-        log_s = model.fit_log_scale(r, post.fitted_var(jac, model.data.index))
-        tau = _update_tau(model, state, post) if m else state.tau
-        # Hyperparameters need far less precision than the parameters they regularise.
-        hyper = max(abs(log_s - state.log_s), float(np.max(np.abs(np.log(tau / state.tau)), initial=0.0)),
-                    abs(math.log(post.next_noise_var / state.noise_var)))
-        if model.pairs:
-            model, moved = _update_coupling(model, state, post)
-            hyper = max(hyper, moved)
-        state.log_s, state.tau, state.noise_var = log_s, tau, post.next_noise_var
-        _solve_departures(model, state, max_steps=5)
+        model, change, hyper = _iterate(model, state)
         if change < config.tol and hyper < 100 * config.tol:
             return state, model, it + 1
+        if undo is not None:
+            before, saved_model, saved_state = undo
+            undo = None
+            if hyper > before:  # the jump made things worse: back to the plain iterate it started from
+                model, state, max_step = saved_model, saved_state, max(1.0, max_step / 4.0)
+                trail = [_hypers(model, state)]
+                continue
+        if not config.accelerate:
+            continue
+        trail.append(_hypers(model, state))
+        if len(trail) == 2 * SQUAREM_SPAN + 1:
+            h, step = accelerate.squarem_step(trail[0], trail[SQUAREM_SPAN], trail[-1], max_step)
+            if step > 1.0:
+                undo = (hyper, model, _copy(state))
+                model = _set_hypers(model, state, h)
+            max_step = max_step * 4.0 if step >= max_step else max_step
+            trail = [_hypers(model, state)]
     return state, model, config.max_iter
 
 
