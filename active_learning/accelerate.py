@@ -34,4 +34,5 @@ def squarem_step(x0: np.ndarray, x1: np.ndarray, x2: np.ndarray, max_step: float
     if not norm_v > 0.0 or not math.isfinite(norm_v):
         return x2.copy(), 1.0
     step = min(max(float(np.linalg.norm(r)) / norm_v, 1.0), max_step)
-    return x0 + 2.0 * step * r + step * step * v, step
+    x = x0 + 2.0 * step * r + step * step * v
+    return (x, step) if np.all(np.isfinite(x)) else (x2.copy(), 1.0)

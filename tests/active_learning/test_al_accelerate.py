@@ -54,11 +54,15 @@ def _log_predictions(fit, target: float) -> np.ndarray:
     return np.array([[math.log(p.loss), p.sd / p.loss] for p in pred.values()])
 
 
-def test_accelerated_pooled_fit_is_nearer_its_fixed_point_in_fewer_iterations():
-    """A bench campaign with few runs, learned couplings and every parameter varying (slow hyperparameters)."""
+def _slow_campaign() -> tuple[bench.BenchConfig, dict]:
     cfg = bench.BenchConfig()
     rng = np.random.default_rng(7)
-    runs = bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "random", 0.05, rng).by_candidate
+    return cfg, bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "random", 0.05, rng).by_candidate
+
+
+def test_accelerated_pooled_fit_is_nearer_its_fixed_point_in_fewer_iterations():
+    """A bench campaign with few runs, learned couplings and every parameter varying (slow hyperparameters)."""
+    cfg, runs = _slow_campaign()
     plain = dataclasses.replace(cfg.pooling, accelerate=False)
     fits = {"fast": fit_pooled(runs, cfg.pooling), "plain": fit_pooled(runs, plain),
             "reference": fit_pooled(runs, dataclasses.replace(cfg.pooling, tol=1e-9, max_iter=3000))}
@@ -69,3 +73,23 @@ def test_accelerated_pooled_fit_is_nearer_its_fixed_point_in_fewer_iterations():
     # it converges slowly; the extrapolated one ends where the tightly converged fit does.
     assert error["fast"] < 1e-4
     assert error["fast"] < error["plain"]
+
+
+def test_a_jump_that_makes_things_worse_is_undone(monkeypatch):
+    """Every extrapolation lands absurdly far (tau 1e13 times larger): each is undone, and the fit is the plain one."""
+    from active_learning import accelerate
+
+    cfg, runs = _slow_campaign()
+    plain = fit_pooled(runs, dataclasses.replace(cfg.pooling, accelerate=False))
+    jumps = []
+
+    def absurd(x0, x1, x2, max_step):
+        jumps.append(max_step)
+        return x2 + 30.0, max_step
+
+    monkeypatch.setattr(accelerate, "squarem_step", absurd)
+    undone = fit_pooled(runs, cfg.pooling)
+    # The cap starts at 1 (no jump), rises to 4 (a jump), and each undo shrinks it back.
+    assert jumps.count(4.0) > 1 and max(jumps) == 4.0
+    np.testing.assert_array_equal(undone.theta, plain.theta)
+    np.testing.assert_array_equal(undone.stacked_cov(), plain.stacked_cov())
