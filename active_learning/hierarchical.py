@@ -712,8 +712,9 @@ def _run(model: _Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[_State,
     them (learned couplings took 20 to 100 iterations). Every 2 * SQUAREM_SPAN plain iterations,
     the hyperparameters are extrapolated along the path they took; mu and the departures
     follow within an iteration or two, their Newton steps converging fast. An extrapolation
-    that leaves the hyperparameters moving more than before it is undone and the step
-    cap shrinks, so the iteration never does worse than the plain one by more than a step.
+    that leaves the hyperparameters moving more than before it (or that the next iteration
+    cannot start from) is undone and the step cap shrinks: a failed jump costs one iteration,
+    and the iterates kept are the plain iteration's.
 
     Returns:
       the state, the model with the couplings it settled on, and the iterations taken.
