@@ -1,7 +1,7 @@
 """Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
 
 Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S] [--max-seeds M]
-[--prediction-weight W] [--departures centred|natural|learned] [--oracle]`.
+[--prediction-weight W] [--departures centred|natural|learned] [--known-prior] [--oracle]`.
 
 Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
 best at the base run is not the best at C*), with 1% log-normal seed noise on
@@ -36,6 +36,11 @@ campaigns of the highest first-order chance that any design puts the true best a
 the runner-up (oracle_pick_bound: the design that spends everything on telling those two
 apart), and the same chance for active learning's runs (al_pick_probability);
 oracle_pick_bound_at_stop is the bound at the budget where al_pick_rate is read.
+
+With --known-prior every design is fitted with the simulator's own hyperparameters
+pinned (known_prior): what is left between its pick rates and the bound is the design's
+and the law's curvature; what it gains over the default fit is what learning the
+hyperparameters from 8 candidates costs.
 """
 
 from __future__ import annotations
@@ -212,6 +217,19 @@ def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
     return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(np.argmin(hat) == best)}
 
 
+def known_prior(cfg: BenchConfig, weight: float = 1e6) -> PoolingConfig:
+    """The pooled fit with the simulator's hyperparameters pinned by hyperpriors of huge weight.
+
+    Departures independent in the natural parameters with the simulated spread, and the
+    simulated seed noise: the prior the simulator draws from. The shared parameters keep
+    their weak prior (the simulator's centre, Hoffmann et al.'s law, stays unknown to the fit).
+    """
+    names = Chinchilla().param_names
+    return dataclasses.replace(cfg.pooling, departures="natural", varying=names,
+                               tau_prior=dict(zip(names, cfg.spread)), tau_prior_weight=weight,
+                               noise_prior=(cfg.noise, weight))
+
+
 def _fixed_design(campaign: Campaign, cfg: BenchConfig, design: str, budget: float,
                   rng: np.random.Generator) -> Runs:
     runs = Runs.start(campaign, cfg)
@@ -379,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "natural parameters, as the simulator draws them")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
+    parser.add_argument("--known-prior", action="store_true",
+                        help="fit every design with the simulator's hyperparameters pinned (departures' spread "
+                             "in the natural parameters, seed noise): what learning them costs")
     args = parser.parse_args(argv)
     cfg = BenchConfig()
     if args.quick:
@@ -392,8 +413,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, al_max_seeds=args.max_seeds)
     if args.prediction_weight is not None:
         cfg = dataclasses.replace(cfg, al_prediction_weight=args.prediction_weight)
+    if args.departures is not None and args.known_prior:
+        parser.error("--known-prior fixes the departures' frame (natural); drop --departures")
     if args.departures is not None:
         cfg = dataclasses.replace(cfg, pooling=dataclasses.replace(cfg.pooling, departures=args.departures))
+    if args.known_prior:
+        cfg = dataclasses.replace(cfg, pooling=known_prior(cfg))
     seeds = np.random.SeedSequence(args.seed).spawn(cfg.repeats)
     start = time.time()
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:

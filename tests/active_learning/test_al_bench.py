@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from active_learning import bench
+from active_learning.pooled import fit_pooled
+from active_learning.scaling_law import Chinchilla
 
 
 def test_one_small_campaign_scores_every_design_and_summarises():
@@ -104,3 +106,20 @@ def test_design_counts_leave_out_the_base_runs_the_bound_adds_itself():
     runs.add("cand2", n, d)
     counts = bench._counts(runs)
     assert counts.sum() == 1 and counts[2, cfg.pool().index(cfg.base_point)] == 1
+
+
+def test_the_known_prior_pins_the_simulators_hyperparameters():
+    cfg = bench.BenchConfig()
+    rng = np.random.default_rng(3)
+    runs = bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "grid", 0.1, rng)
+    known = fit_pooled(runs.by_candidate, bench.known_prior(cfg))
+    assert [known.tau[name] for name in Chinchilla().param_names] == pytest.approx(cfg.spread, rel=1e-3)
+    assert known.noise_var == pytest.approx(cfg.noise**2, rel=1e-3)
+    # The default fit learns them from the runs instead.
+    learned = fit_pooled(runs.by_candidate, cfg.pooling)
+    assert learned.tau["a"] != pytest.approx(cfg.spread[1], rel=1e-3)
+
+
+def test_the_known_prior_fixes_the_frame_so_departures_cannot_be_given_too():
+    with pytest.raises(SystemExit):
+        bench.main(["--known-prior", "--departures", "centred"])
