@@ -28,8 +28,8 @@ def test_one_step_lands_on_the_fixed_point_of_a_single_slow_mode():
 
 
 def test_a_capped_step_goes_beyond_the_plain_iterate_but_not_past_the_fixed_point():
-    x0, _, x2 = _linear_iterates(0.9, np.array([3.0, 0.0, -1.0]))
-    x, step = squarem_step(x0, _, x2, max_step=4.0)
+    x0, x1, x2 = _linear_iterates(0.9, np.array([3.0, 0.0, -1.0]))
+    x, step = squarem_step(x0, x1, x2, max_step=4.0)
     assert step == 4.0
     # Along the one direction the iteration moves: x2 is 19% of the way, the capped jump 64%.
     assert np.linalg.norm(x - FIXED_POINT) == pytest.approx(0.36 * np.linalg.norm(x0 - FIXED_POINT))
