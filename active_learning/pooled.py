@@ -22,7 +22,8 @@ import numpy as np
 from scipy import special
 
 from active_learning import allocate
-from active_learning.hierarchical import (EXPONENTS, PoolingConfig, RunsByCandidate, estimate)
+from active_learning.empirical_bayes import estimate
+from active_learning.hierarchical import EXPONENTS, PoolingConfig, RunsByCandidate
 from active_learning.scaling_law import MIN_EXPONENT, Features, Reparam, ScalingLaw, get_law
 from active_learning.threads import one_blas_thread
 
