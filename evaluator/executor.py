@@ -30,14 +30,19 @@ class Executor(Protocol):
     """Runs jobs somewhere and returns one ``EvalResult`` per stage attempted.
 
     ``submit`` never raises for anything the candidate does; the future raises
-    only when the executor itself is broken (``SandboxError``).
+    only when the executor itself is broken (``SandboxError``) or was shut down
+    with ``cancel=True`` before the job finished (``CancelledError``).
     """
 
     isolation: Isolation
 
     def submit(self, job: Job) -> concurrent.futures.Future[list[EvalResult]]: ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, cancel: bool = False) -> None: ...
+
+
+def _cancelled(job: Job) -> concurrent.futures.CancelledError:
+    return concurrent.futures.CancelledError(f"job {job.name!r} was cancelled: the executor was shut down with cancel=True")
 
 
 def _cache_dir() -> str:
@@ -89,6 +94,8 @@ class LocalExecutor:
         self._spares: dict[int, WorkerProcess | None] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._cancelled = False
+        self._running: dict[int, WorkerProcess] = {}  # slot -> the worker running its job
         self._threads = concurrent.futures.ThreadPoolExecutor(self.max_workers, thread_name_prefix="evaluator")
         for slot in range(self.max_workers):
             self._free.put(slot)
@@ -113,17 +120,36 @@ class LocalExecutor:
         slot = self._free.get()
         try:
             for attempt in range(2):
-                worker = self._take(slot)
+                worker = self._start(slot, job)
                 try:
-                    worker.wait_ready()
-                except SandboxError:
-                    if attempt:
-                        raise
-                    continue
-                return worker.run(job)
+                    try:
+                        worker.wait_ready()
+                    except SandboxError as e:
+                        if self._cancelled:
+                            raise _cancelled(job) from e
+                        if attempt:
+                            raise
+                        continue
+                    results = worker.run(job)
+                finally:
+                    with self._lock:
+                        self._running.pop(slot, None)
+                if self._cancelled:  # killed mid-job: its results describe the kill, not the candidate
+                    raise _cancelled(job)
+                return results
             raise AssertionError("unreachable")
         finally:
             self._free.put(slot)
+
+    def _start(self, slot: int, job: Job) -> WorkerProcess:
+        """Take this slot's worker and register it as running, unless the executor is cancelling."""
+        worker = self._take(slot)
+        with self._lock:
+            if not self._cancelled:
+                self._running[slot] = worker
+                return worker
+        worker.destroy()
+        raise _cancelled(job)
 
     def _take(self, slot: int) -> WorkerProcess:
         """This slot's warm spare (or a new worker), and start its replacement."""
@@ -132,10 +158,21 @@ class LocalExecutor:
             self._spares[slot] = self._spawn(slot) if self.use_spares and not self._closed else None
         return worker
 
-    def shutdown(self) -> None:
-        """Stop accepting jobs, wait for running ones, destroy the spares."""
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop accepting jobs, then destroy the spares.
+
+        Jobs in flight run to the end, unless ``cancel``: then their workers are killed and
+        queued jobs never start, and their futures raise ``CancelledError`` (a campaign stopped
+        with Ctrl-C redoes them when it resumes, so waiting for them would only delay the stop).
+        """
         self._closed = True
-        self._threads.shutdown(wait=True)
+        if cancel:
+            with self._lock:
+                self._cancelled = True
+                running = list(self._running.values())
+            for worker in running:
+                worker.kill("cancelled")
+        self._threads.shutdown(wait=True, cancel_futures=cancel)
         with self._lock:
             for slot, worker in self._spares.items():
                 if worker is not None:
@@ -145,5 +182,5 @@ class LocalExecutor:
     def __enter__(self) -> LocalExecutor:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.shutdown(cancel=exc_type is not None)  # leaving on an error (or Ctrl-C): do not wait for jobs

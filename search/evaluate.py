@@ -63,9 +63,9 @@ class SandboxEvaluator:
         return self.cascade.submit_scaling_run(source, self._point(int(n), int(d), int(seed)), name=name)
 
     def close(self, cancel: bool = False) -> None:
-        # LocalExecutor has no cancellation: its shutdown waits for jobs in flight
-        # (abandoned by the loop after a stop, so their results are not recorded).
-        self.executor.shutdown()
+        # After a stop the loop has abandoned the jobs in flight (their runs are redone on
+        # resume), so cancelling kills them instead of waiting for them to finish.
+        self.executor.shutdown(cancel=cancel)
 
 
 def _finite(x: Any) -> float | None:
