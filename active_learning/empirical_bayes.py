@@ -174,7 +174,7 @@ def _run(model: Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[State, M
     """
     k, m = len(model.data.candidates), model.departure_map.shape[1]
     state = State(mu0.copy(), np.zeros((k, m)), math.log(model.prior.sigma0), model.prior.tau0.copy(),
-                   model.prior.sigma0**2)
+                  model.prior.sigma0**2)
     laplace.solve_departures(model, state)
     trail, max_step, jump, hyper = [_hypers(model, state)], 1.0, None, math.inf
     for it in range(config.max_iter):
@@ -251,7 +251,7 @@ def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estim
     exponents = np.array([j for j, name in enumerate(law.param_names) if name in EXPONENTS], dtype=int)
     pairs = config.coupled_pairs(reparam)
     start = Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents,
-                   pairs, (0.0,) * len(pairs))
+                  pairs, (0.0,) * len(pairs))
     best, model, best_value, iters = None, start, math.inf, 0
     for mu0 in _initial_mu(start, config):
         state, fitted, it = _run(start, mu0, config)

@@ -34,7 +34,7 @@ def _blocks(jac: np.ndarray, weight: np.ndarray, data: Data, departure_map: np.n
     outer = jac[:, :, None] * jac[:, None, :] * weight[:, None, None]  # [n, p, p]
     per_candidate = np.add.reduceat(outer, data.starts, axis=0)  # [K, p, p]
     return Arrow(outer.sum(axis=0), per_candidate @ departure_map,
-                  departure_map.T @ per_candidate @ departure_map)
+                 departure_map.T @ per_candidate @ departure_map)
 
 
 def _with_prior(arrow: Arrow, prior: Prior, tau: np.ndarray) -> Arrow:
