@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec_path = write_demo(pathlib.Path(args.dir), args.candidates, args.simulate)
     print(f"demo campaign: {spec_path} (weakened seed, built-in mutator, reference recipe as yardstick)")
-    code = run_campaign(load_spec(spec_path))
+    code = run_campaign(load_spec(spec_path), install_signals=True)  # Ctrl-C: a clean stop, as `scalesearch run`
     print(f"inspect it: scalesearch status {spec_path.parent / 'campaign.sqlite'}")
     return code
 
