@@ -3,7 +3,8 @@
 0. static: ``evaluator.static``, in this process, milliseconds;
 1. smoke: one worker inits the program at a tiny shape, runs one forward and
    backward pass, measures N and FLOPs per token and fingerprints the traced
-   computation; a fingerprint the caller already knows ends it as ``duplicate``;
+   computation; a fingerprint the caller already knows, or one a candidate
+   submitted before it reported, ends it as ``duplicate`` (``evaluator.twins``);
 2. base: a short proxy run at the campaign's cheapest (N, D), pruned early
    when its learning curve falls clearly behind the incumbents' at the same
    (N, D) (``evaluator.early_stopping``);
@@ -24,6 +25,7 @@ from evaluator.executor import Executor
 from evaluator.protocol import Curve, Job, StageSpec, fingerprint_map
 from evaluator.result import EvalResult, Status
 from evaluator.static import static_stage
+from evaluator.twins import Twins
 
 STATIC_ISOLATION = "static: not executed"
 
@@ -132,6 +134,7 @@ class Cascade:
 
     def __init__(self, executor: Executor, config: CascadeConfig = CascadeConfig()):
         self.executor, self.config = executor, config
+        self.twins = Twins(wait_s=config.smoke_timeout_s)
 
     def submit(
         self,
@@ -147,7 +150,8 @@ class Cascade:
         Args:
           source: the program.
           known_fingerprints: fingerprints of programs already evaluated (a mapping
-            to their ids, or a collection); a match ends the candidate as duplicate.
+            to their ids, or a collection); a match ends the candidate as duplicate,
+            as does a match with a candidate submitted to this cascade before it.
           incumbent_curves: the best programs' base-run curves at the same (N, D),
             ``[[step, tokens, train_loss], ...]`` each; empty disables pruning.
           name: a label for messages.
@@ -170,7 +174,25 @@ class Cascade:
             ),
         )
         job = Job(repaired, stages, fingerprint_map(known_fingerprints), name)
-        return _then(self.executor.submit(job), lambda rs: CascadeOutcome(name, repaired, (static, *rs)))
+        number = self.twins.enter()
+        future = _then(self.executor.submit(job, gate=lambda smoke: self._twin(number, name, point, smoke)),
+                       lambda rs: CascadeOutcome(name, repaired, (static, *rs)))
+        # However it ends (failed smoke, cancelled), later candidates must not wait for it.
+        future.add_done_callback(lambda f: self.twins.settle(number, name, _twin_key(_fingerprint(f), point)))
+        return future
+
+    def _twin(self, number: int, name: str, point: ExperimentPoint, smoke: EvalResult) -> EvalResult | None:
+        """After a passed smoke stage: a duplicate result if a candidate submitted earlier traced the same."""
+        fingerprint = smoke.metrics.get("fingerprint")
+        key = _twin_key(fingerprint, point)
+        twin = self.twins.twin_of(number, key) if key else None
+        self.twins.settle(number, name, key)
+        if twin is None:
+            return None
+        return dataclasses.replace(
+            smoke, status=Status.DUPLICATE, metrics={**smoke.metrics, "duplicate_of": twin},
+            message=f"same computation and strategy as {twin}, submitted before it (fingerprint {fingerprint}): not trained",
+        )  # fmt: skip
 
     def evaluate(self, source: str, **kwargs) -> CascadeOutcome:
         """``submit(...).result()``: the whole cascade for one candidate, blocking."""
@@ -187,6 +209,17 @@ class Cascade:
         """Stage 3 at several points, concurrently on the executor; results in ``points`` order."""
         futures = [self.submit_scaling_run(source, p, name) for p in points]
         return [f.result() for f in futures]
+
+
+def _twin_key(fingerprint: str | None, point: ExperimentPoint) -> str | None:
+    """Twins trace the same computation and train at the same base (N, D)."""
+    return fingerprint and f"{fingerprint} at {point.n_params}, {point.n_tokens}, {point.seed}"
+
+
+def _fingerprint(future: concurrent.futures.Future) -> str | None:
+    if future.cancelled() or future.exception() is not None:
+        return None
+    return future.result().fingerprint
 
 
 def _then(future: concurrent.futures.Future, fn: Callable) -> concurrent.futures.Future:

@@ -5,7 +5,9 @@ candidates can be in flight. ``LocalExecutor`` runs them on this machine: one
 slot per worker, each pinned to its own cores; each slot keeps one *spare*
 worker that has already imported JAX, so a job starts the moment it is
 submitted, and a replacement spare is started (in the background) as soon as
-one is taken. Every worker serves exactly one job and is then destroyed.
+one is taken. Every worker serves exactly one job and is then destroyed. Jobs
+start in the order they were submitted (a job waiting at a gate for an earlier
+one's smoke stage, as ``evaluator.twins`` does, relies on it).
 A distributed executor only has to implement ``submit`` and ``shutdown``.
 """
 
@@ -21,7 +23,7 @@ from typing import Protocol
 from evaluator.protocol import Job
 from evaluator.result import EvalResult
 from evaluator.sandbox import Isolation, SandboxConfig, SandboxError, probe_isolation, uid_pool
-from evaluator.supervisor import WorkerProcess
+from evaluator.supervisor import Gate, WorkerProcess
 
 DEFAULT_RUNNER = "proxy_models.run"
 
@@ -31,12 +33,14 @@ class Executor(Protocol):
 
     ``submit`` never raises for anything the candidate does; the future raises
     only when the executor itself is broken (``SandboxError``) or was shut down
-    with ``cancel=True`` before the job finished (``CancelledError``).
+    with ``cancel=True`` before the job finished (``CancelledError``). A ``gate``
+    sees each passed stage that has a successor before the next starts; a result
+    it returns ends the job there, in that stage's place (``evaluator.twins``).
     """
 
     isolation: Isolation
 
-    def submit(self, job: Job) -> concurrent.futures.Future[list[EvalResult]]: ...
+    def submit(self, job: Job, gate: Gate | None = None) -> concurrent.futures.Future[list[EvalResult]]: ...
 
     def shutdown(self, cancel: bool = False) -> None: ...
 
@@ -107,16 +111,16 @@ class LocalExecutor:
         )
         return worker.start()
 
-    def submit(self, job: Job) -> concurrent.futures.Future[list[EvalResult]]:
+    def submit(self, job: Job, gate: Gate | None = None) -> concurrent.futures.Future[list[EvalResult]]:
         if self._closed:
             raise RuntimeError("this executor has been shut down")
-        return self._threads.submit(self._run, job)
+        return self._threads.submit(self._run, job, gate)
 
     def run(self, job: Job) -> list[EvalResult]:
         """``submit(job).result()``."""
         return self.submit(job).result()
 
-    def _run(self, job: Job) -> list[EvalResult]:
+    def _run(self, job: Job, gate: Gate | None) -> list[EvalResult]:
         slot = self._free.get()
         try:
             for attempt in range(2):
@@ -130,7 +134,7 @@ class LocalExecutor:
                         if attempt:
                             raise
                         continue
-                    results = worker.run(job)
+                    results = worker.run(job, gate)
                 finally:
                     with self._lock:
                         self._running.pop(slot, None)

@@ -5,7 +5,8 @@ answers on a separate pipe (file descriptor 3), one JSON line per message:
 ``{"event": "ready"}`` once its imports are done, then ``{"event": "stage",
 ...}`` for each stage it ran, then ``{"event": "done"}``. After each stage
 message the worker waits for a line on stdin before starting the next stage,
-so the parent can attribute stdout and stderr to the stage that wrote them. Anything the
+so the parent can attribute stdout and stderr to the stage that wrote them, and
+can stop the job there instead (a twin's base run, ``evaluator.twins``). Anything the
 candidate prints goes to stdout and stderr, which the parent only keeps the
 tails of, so a program's output can never be mistaken for a result.
 """

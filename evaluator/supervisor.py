@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 
 from evaluator import procfs
 from evaluator.protocol import Job, StageSpec
@@ -32,6 +33,8 @@ from evaluator.sandbox import SANDBOX_WORKDIR, Isolation, SandboxConfig, Sandbox
 from evaluator.sandbox import new_marker, worker_command
 
 _EOF = object()
+# Sees a passed stage before the next may start; a result it returns ends the job in its place.
+Gate = Callable[[EvalResult], "EvalResult | None"]
 MAX_CONTROL_BYTES = 64 << 20
 
 
@@ -162,13 +165,17 @@ class WorkerProcess:
             raise SandboxError(f"worker did not become ready (exit {self.proc.returncode}); stderr:\n{err}")
 
     # ------------------------------------------------------------------ run
-    def run(self, job: Job) -> list[EvalResult]:
-        """Run ``job``; one result per stage attempted. Always destroys the worker."""
+    def run(self, job: Job, gate: Gate | None = None) -> list[EvalResult]:
+        """Run ``job``; one result per stage attempted. Always destroys the worker.
+
+        ``gate``, when given, sees each passed stage that has a successor before the worker
+        may start it; a result it returns ends the job there, in that stage's place.
+        """
         try:
             self.wait_ready()
             self.out.take(), self.err.take()  # import-time chatter is not the candidate's
             threading.Thread(target=self._send, args=(job,), daemon=True).start()
-            return self._collect(job)
+            return self._collect(job, gate)
         finally:
             self.destroy()
 
@@ -187,20 +194,24 @@ class WorkerProcess:
         except (OSError, ValueError):
             pass
 
-    def _collect(self, job: Job) -> list[EvalResult]:
+    def _collect(self, job: Job, gate: Gate | None) -> list[EvalResult]:
         results: list[EvalResult] = []
         start = time.monotonic()
-        for spec in job.stages:
+        for i, spec in enumerate(job.stages):
             msg = self._next_message(start + spec.timeout_s)
             now = time.monotonic()
             if msg is None or msg is _EOF:
                 results.append(self._death_result(spec, now - start, timed_out=msg is None))
                 return results
             result = self._stage_result(spec, msg, now - start)
-            results.append(result)
-            start = now
-            if not result.ok:
-                return results
+            last = i + 1 == len(job.stages)
+            stop = gate(result) if gate is not None and result.ok and not last else None
+            results.append(result if stop is None else stop)
+            if not result.ok or stop is not None:
+                return results  # the worker, waiting for its go-ahead, is destroyed by run()
+            if not last:
+                self._ack()
+            start = time.monotonic()  # the next stage's limit starts when it may start
         return results
 
     def _next_message(self, deadline: float):
@@ -340,7 +351,6 @@ class WorkerProcess:
             return
         if msg.get("event") == "stage":
             msg["stdout"], msg["stderr"] = self.out.take(), self.err.take()
-            self._ack()
         self.messages.put(msg)
 
     # ------------------------------------------------------------------ teardown

@@ -81,7 +81,8 @@ def test_scaling_runs_come_back_in_order(cascade):
     assert all(r.ok for r in results)
 
 
-def test_ten_candidates_on_two_workers_come_back_with_the_right_statuses(cascade, incumbent):
+def test_ten_candidates_on_two_workers_come_back_with_the_right_statuses(fake_pool, incumbent):
+    cascade = Cascade(fake_pool, CONFIG)  # the module's has run "pruned" before: it would be its twin
     batch = {
         "ok": (fake_program(lr="4e-3"), Status.OK),
         "ok2": (fake_program(lr="2.5e-3"), Status.OK),
@@ -102,6 +103,35 @@ def test_ten_candidates_on_two_workers_come_back_with_the_right_statuses(cascade
     }
     got = {name: f.result().status for name, f in futures.items()}
     assert got == {name: expected for name, (_, expected) in batch.items()}
+
+
+def test_twins_in_flight_together_train_once_and_the_earliest_submitted_trains(fake_pool):
+    fresh = Cascade(fake_pool, CONFIG)  # the module's cascade has already seen the default program
+    slow_first = fake_program("_ = sum(range(40_000_000))")  # the same functions: the same fingerprint
+    futures = {
+        "first": fresh.submit(slow_first, name="first"),
+        "renamed": fresh.submit(RENAMED, name="renamed"),  # its smoke stage finishes first
+        "other": fresh.submit(fake_program(lr="4e-3"), name="other"),
+    }
+    got = {name: f.result() for name, f in futures.items()}
+    assert {name: o.status for name, o in got.items()} == {
+        "first": Status.OK, "renamed": Status.DUPLICATE, "other": Status.OK,
+    }  # fmt: skip
+    assert got["renamed"].stage("smoke").metrics["duplicate_of"] == "first"
+    assert got["renamed"].stage("base") is None and "submitted before it" in got["renamed"].message
+    assert got["renamed"].fingerprint == got["first"].fingerprint
+    later = fresh.evaluate(fake_program(block="return x  # again"), name="later")
+    assert later.status is Status.DUPLICATE and later.stage("smoke").metrics["duplicate_of"] == "first"
+    elsewhere = fresh.evaluate(RENAMED, name="elsewhere", base=ExperimentPoint(2000, 100_000))
+    assert elsewhere.status is Status.OK  # the same computation at another base (N, D) is not a twin
+
+
+def test_a_twin_of_a_candidate_that_failed_before_smoke_still_trains(fake_pool):
+    fresh = Cascade(fake_pool, CONFIG)
+    broken = fresh.submit(fake_program('raise ValueError("mine")'), name="broken")
+    twin = fresh.submit(RENAMED, name="twin")
+    assert broken.result().status is Status.ERROR
+    assert twin.result().status is Status.OK
 
 
 def test_cli_eval_prints_json_with_the_isolation_level(tmp_path, capsys):
