@@ -9,7 +9,7 @@ import pytest
 
 from proxy_models.config import BlockConfig
 from proxy_models.program import load_program, resolve_hyperparameters, resolve_model_options, seed_source
-from search import model_spec, mutate, programs
+from search import edits, model_spec, mutate, programs
 
 try:
     from evaluator import static
@@ -117,16 +117,16 @@ def test_the_library_covers_the_issue_list():
         "schedule", "beta2", "weight_decay", "z_loss", "clipping", "batch_size", "diloco", "tied_embeddings",
         "final_norm",
     }  # fmt: skip
-    assert wanted <= set(mutate.EDITS) and len(mutate.EDITS) >= 20
+    assert wanted <= set(edits.EDITS) and len(edits.EDITS) >= 20
 
 
-@pytest.mark.parametrize("edit", sorted(mutate.EDITS))
+@pytest.mark.parametrize("edit", sorted(edits.EDITS))
 def test_every_edit_yields_a_valid_different_program(edit):
-    _, fn = mutate.EDITS[edit]
+    _, fn = edits.EDITS[edit]
     applied = []
     for name, source in BASES.items():
         for seed in range(3):
-            draft = mutate.Draft(source)
+            draft = edits.Draft(source)
             note = fn(draft, np.random.default_rng(seed))
             if note:
                 child = draft.text()
@@ -137,25 +137,25 @@ def test_every_edit_yields_a_valid_different_program(edit):
 
 
 def test_structural_edits_need_a_spec_and_the_others_work_without_one():
-    draft = mutate.Draft(HAND_WRITTEN)
+    draft = edits.Draft(HAND_WRITTEN)
     assert draft.spec is None
     rng = np.random.default_rng(0)
     for edit in ("norm_placement", "parallel_block", "head_count", "grouped_query", "mixture_of_experts"):
-        assert mutate.EDITS[edit][1](mutate.Draft(HAND_WRITTEN), rng) is None
+        assert edits.EDITS[edit][1](edits.Draft(HAND_WRITTEN), rng) is None
     for edit in ("norm_type", "qk_norm", "activation", "glu", "mlp_ratio", "positions", "tied_embeddings"):
-        assert mutate.EDITS[edit][1](mutate.Draft(HAND_WRITTEN), rng), edit
+        assert edits.EDITS[edit][1](edits.Draft(HAND_WRITTEN), rng), edit
 
 
 def test_seeds_are_recognised_and_a_rendered_block_recovers_its_spec():
-    assert mutate.Draft(BASES["reference"]).spec == {}
-    assert mutate.Draft(BASES["weakened"]).spec["placement"] == "post"
-    assert mutate.Draft(BASES["rich"]).spec == model_spec.diff(RICH_SPEC)
+    assert edits.Draft(BASES["reference"]).spec == {}
+    assert edits.Draft(BASES["weakened"]).spec["placement"] == "post"
+    assert edits.Draft(BASES["rich"]).spec == model_spec.diff(RICH_SPEC)
 
 
 def test_a_stale_spec_comment_is_not_trusted():
     # A language model edited the code (ReLU) but left the comment: the spec must not be used.
     source = BASES["rich"].replace('"gelu"', '"relu"')
-    assert mutate.Draft(source).spec is None
+    assert edits.Draft(source).spec is None
 
 
 def test_mutation_is_deterministic_from_a_seed():
@@ -201,8 +201,8 @@ def test_spec_crossover_mixes_the_fields_of_both_parents():
     mutator = mutate.Mutator(mutate.MutatorConfig(evolve=("model",)))
     a, b = Parent(1, BASES["rich"]), Parent(2, BASES["weakened"])
     child = mutator.crossover(a, b, np.random.default_rng(0))
-    spec = model_spec.full(mutate.Draft(child.source).spec)
-    fa, fb = model_spec.full(model_spec.diff(RICH_SPEC)), model_spec.full(mutate.Draft(b.source).spec)
+    spec = model_spec.full(edits.Draft(child.source).spec)
+    fa, fb = model_spec.full(model_spec.diff(RICH_SPEC)), model_spec.full(edits.Draft(b.source).spec)
     assert all(spec[k] in (fa[k], fb[k]) for k in spec)
     assert spec != fa and spec != fb
     assert programs.blocks(child.source)["strategy"] == programs.blocks(a.source)["strategy"]
@@ -218,14 +218,14 @@ def test_a_strategy_only_campaign_never_touches_the_model_block():
 
 
 def test_a_strategy_that_is_not_a_dict_display_is_wrapped_once():
-    draft = mutate.Draft(HAND_WRITTEN)
-    assert mutate.EDITS["z_loss"][1](draft, np.random.default_rng(0))
+    draft = edits.Draft(HAND_WRITTEN)
+    assert edits.EDITS["z_loss"][1](draft, np.random.default_rng(0))
     strategy = draft.blocks["strategy"]
     assert "def _hyperparameters_base(n_params, n_tokens):" in strategy
     assert "**_hyperparameters_base(n_params, n_tokens)" in strategy
     _check(draft.text())
-    again = mutate.Draft(draft.text())  # now a dict display: edited in place, not wrapped again
-    mutate.EDITS["learning_rate"][1](again, np.random.default_rng(0))
+    again = edits.Draft(draft.text())  # now a dict display: edited in place, not wrapped again
+    edits.EDITS["learning_rate"][1](again, np.random.default_rng(0))
     assert again.blocks["strategy"].count("def ") == 2
 
 
@@ -273,7 +273,7 @@ def test_bad_edit_weights_are_refused_with_the_reason(weights, message):
 
 
 def test_all_zero_weights_are_refused():
-    zero = tuple((name, 0.0) for name in mutate.EDITS)
+    zero = tuple((name, 0.0) for name in edits.EDITS)
     with pytest.raises(ValueError, match="weight 0"):
         mutate.Mutator(mutate.MutatorConfig(edit_weights=zero))
 
@@ -311,6 +311,6 @@ def test_a_bad_proposer_table_stops_the_run_before_the_database_exists(tmp_path,
 
 @pytest.mark.parametrize("edit", ["wsd_decay", "final_lr", "diloco_settings"])
 def test_edits_of_a_setting_nothing_reads_are_not_made(edit):
-    _, fn = mutate.EDITS[edit]
+    _, fn = edits.EDITS[edit]
     source = BASES["weakened"]  # constant schedule, AdamW: none of these settings is read
-    assert all(fn(mutate.Draft(source), np.random.default_rng(seed)) is None for seed in range(10))
+    assert all(fn(edits.Draft(source), np.random.default_rng(seed)) is None for seed in range(10))
