@@ -35,7 +35,7 @@ class Twins:
         self._first: dict[str, tuple[int, str]] = {}  # fingerprint -> (number, name) of its earliest candidate
 
     def enter(self) -> int:
-        """Number a newly submitted candidate; it must be settled exactly once at least."""
+        """Number a newly submitted candidate; it must be settled at least once (settling is idempotent)."""
         with self._lock:
             number, self._next = self._next, self._next + 1
             self._unsettled[number] = threading.Event()
