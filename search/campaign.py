@@ -43,7 +43,7 @@ def build_proposer(spec: CampaignSpec) -> Proposer:
         mutator = MutatorProposer(mutator_config(section))
         if not section:
             return mutator
-        from search.llm_propose import build_proposer as build_llm
+        from search.proposer_table import build_proposer as build_llm
 
         return build_llm(section, os.environ, mutator)  # checks the keys; the mutator for kind = "mutator"
     except ValueError as e:

@@ -12,7 +12,8 @@ from chat_server import ChatServer, Reply, strategy_responder  # noqa: E402
 
 from proxy_models.program import seed_source  # noqa: E402
 from search import programs  # noqa: E402
-from search.llm_propose import LLMProposer, build_proposer, proposer_config  # noqa: E402
+from search.llm_propose import LLMProposer  # noqa: E402
+from search.proposer_table import build_proposer, proposer_config  # noqa: E402
 from search.prompt import Parent  # noqa: E402
 from search.propose import MutatorProposer, Proposal, ProposalRequest  # noqa: E402
 
