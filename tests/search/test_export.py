@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # for recorded_campaign (tests/ is not a package)
 
 from recorded_campaign import BEST, SOURCES, TARGET_FLOPS, campaign_path  # noqa: E402
-from search import export, standalone  # noqa: E402
+from search import export, scopes, standalone  # noqa: E402
 from search.cli import main  # noqa: E402
 
 INFERENCE_TOKENS = 1e9
@@ -258,7 +258,7 @@ obj.schedule = schedule
     want = want.replace("return schedule + x", "return schedule_ + x").replace("+ [schedule]", "+ [schedule_]")
     want = want.replace("        return schedule\n", "        return schedule_\n").replace("obj.schedule = schedule\n",
                                                                                   "obj.schedule = schedule_\n")
-    assert standalone.rename_globals(code, {"schedule": "schedule_"}) == want
+    assert scopes.rename_globals(code, {"schedule": "schedule_"}) == want
 
 
 def test_exporting_a_failed_program_or_a_bad_budget_is_refused(tmp_path, capsys):
