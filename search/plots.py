@@ -102,7 +102,7 @@ def plot_progress(db: sqlite_utils.Database, path: pathlib.Path) -> pathlib.Path
         lo = np.array([p["low"] if p["low"] is not None else p["loss"] for p in points])
         hi = np.array([p["high"] if p["high"] is not None else p["loss"] for p in points])
         ax.fill_between(x, lo, hi, step="post", color="C0", alpha=0.2, label="90% interval")
-        ax.step(x, y, where="post", color="C0", lw=1.5, label=f"leader's predicted loss at C*")
+        ax.step(x, y, where="post", color="C0", lw=1.5, label="leader's predicted loss at C*")
         ax.plot(x, y, "o", color="C0", ms=4)
         for i, p in enumerate(points):
             if i == 0 or p["program_id"] != points[i - 1]["program_id"]:

@@ -114,7 +114,7 @@ def test_environment_secrets_are_not_inherited(parent_guard, monkeypatch, sandbo
     secret = f"sk-{uuid.uuid4().hex}"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("SCALESEARCH_TEST_TOKEN", secret)
-    monkeypatch.setenv("LANG", f"C.UTF-8")
+    monkeypatch.setenv("LANG", "C.UTF-8")
     attack = "import os\nprint(sorted(os.environ.items()))\n"
     if sandbox.has("pid-namespace") or sandbox.has("uid-drop"):
         attack += "for pid in (1, os.getppid()):\n    try:\n        print(open(f'/proc/{pid}/environ').read())\n    except OSError as e:\n        print(e)\n"
