@@ -275,7 +275,7 @@ def readme(config: dict) -> str:
         "",
         f"- N = {_g(rec['n_params'])} non-embedding parameters ({level}% interval {_g(rec['n_params_interval'][0])} to "
         f"{_g(rec['n_params_interval'][1])}), D = {_g(rec['n_tokens'])} training tokens ({_g(rec['n_tokens_interval'][0])} "
-        f"to {_g(rec['n_tokens_interval'][1])}), {rec['tokens_per_parameter']:.1f} tokens per parameter.",
+        f"to {_g(rec['n_tokens_interval'][1])}), {rec['tokens_per_parameter']:.3g} tokens per parameter.",
         f"- Predicted loss {rec['predicted_loss']:.4f} nats/byte, {level}% interval [{rec['loss_interval'][0]:.4f}, "
         f"{rec['loss_interval'][1]:.4f}]; probability of being the campaign's best at this C: "
         f"{_g(rec['prob_best'], 2)}.",

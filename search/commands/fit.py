@@ -16,6 +16,9 @@ import sys
 LAWS = ("chinchilla", "kaplan", "data-constrained")
 LOSSES = ("huber", "student-t", "approach3")
 BOOTSTRAP_SEED = 0
+# A parameter whose sd exceeds this fraction of its estimate is reported as poorly determined: its
+# 90% interval then spans more than a factor of about 5, and extrapolations through it mean little.
+POOR_RELATIVE_SD = 0.5
 
 
 class InputError(ValueError):
@@ -109,11 +112,13 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
         if name in boot:
             params[name]["bootstrap_lo"], params[name]["bootstrap_hi"] = boot[name]
     out = {"law": args.law, "loss": args.loss, "n_runs": len(runs), "level": fit.level, "params": params,
-           "noise_sd": math.sqrt(fit.noise_var), "bootstrap": args.bootstrap}
+           "noise_sd": math.sqrt(fit.noise_var), "bootstrap": args.bootstrap, "warnings": _warnings(params, runs)}
     if args.target_flops:
         a = fit.compute_optimal(args.target_flops)
+        largest = max(6.0 * r.n * r.d for r in runs)
         out["target"] = {"flops": args.target_flops, "n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
-                         "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss)}
+                         "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss),
+                         "times_largest_run": args.target_flops / largest}
         if fit.bootstrap is not None:
             losses = [_bootstrap_loss(fit, theta, args.target_flops) for theta in fit.bootstrap]
             tail = 50.0 * (1.0 - fit.level)
@@ -124,6 +129,18 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
     return out
 
 
+def _warnings(params: dict, runs: list) -> list[str]:
+    """What the user should know before trusting the fit: the parameters the runs do not pin down."""
+    poor = [name for name, e in params.items() if not e["sd"] <= POOR_RELATIVE_SD * abs(e["value"])]
+    if not poor:
+        return []
+    n, d = [min(r.n for r in runs), max(r.n for r in runs)], [min(r.d for r in runs), max(r.d for r in runs)]
+    return [f"poorly determined: {', '.join(poor)} (sd above {POOR_RELATIVE_SD:g} of the estimate). "
+            f"The runs span N {n[0]:.3g} to {n[1]:.3g} ({math.log10(n[1] / n[0]):.1f} decades) and D {d[0]:.3g} "
+            f"to {d[1]:.3g} ({math.log10(d[1] / d[0]):.1f} decades): add runs over a wider range of N and of D/N, "
+            "or fit a law with fewer parameters"]
+
+
 def _bootstrap_loss(fit, theta, flops: float) -> float:
     from active_learning import allocate
 
@@ -132,6 +149,7 @@ def _bootstrap_loss(fit, theta, flops: float) -> float:
 
 def _print_text(result: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -155,10 +173,13 @@ def _print_text(result: dict) -> None:
         console.print(f"at C = {t['flops']:.3g} FLOPs: N_opt = {t['n_opt']['value']:.3g} "
                       f"[{t['n_opt']['lo']:.3g}, {t['n_opt']['hi']:.3g}], D_opt = {t['d_opt']['value']:.3g} "
                       f"[{t['d_opt']['lo']:.3g}, {t['d_opt']['hi']:.3g}], "
-                      f"{t['tokens_per_parameter']:.1f} tokens/parameter")
+                      f"{t['tokens_per_parameter']:.3g} tokens/parameter "
+                      f"({t['times_largest_run']:.3g}x the largest run's compute)")
         extra = f", bootstrap [{loss['bootstrap_lo']:.4f}, {loss['bootstrap_hi']:.4f}]" if "bootstrap_lo" in loss else ""
         console.print(f"predicted loss {loss['value']:.4f} ({level}% interval [{loss['lo']:.4f}, {loss['hi']:.4f}]"
                       f"{extra})")
+    for warning in result["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def run(args: argparse.Namespace) -> int:

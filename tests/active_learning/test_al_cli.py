@@ -32,6 +32,22 @@ def test_json_round_trip_reports_parameters_and_the_target(runs_csv, capsys):
     target = out["target"]
     assert target["loss"]["lo"] < target["loss"]["value"] < target["loss"]["hi"]
     assert 70 < target["tokens_per_parameter"] < 120
+    with open(runs_csv, newline="") as f:
+        largest = max(6 * float(row["N"]) * float(row["D"]) for row in csv.DictReader(f))
+    assert target["times_largest_run"] == pytest.approx(5.76e23 / largest)
+    assert out["warnings"] == []  # 35 runs over IsoFLOP budgets pin every parameter down
+
+
+def test_a_fit_the_runs_do_not_pin_down_says_so(tmp_path, capsys):
+    """Seven runs over 1.2 decades of N, one D/N but for two: the estimates mean little, and the output says which."""
+    rows = [(1e7, 2e8), (2e7, 4e8), (4e7, 8e8), (8e7, 1.6e9), (1.6e8, 3.2e9), (1e7, 4e8), (4e7, 2e8)]
+    loss = [3.5, 3.3, 3.1, 2.95, 2.85, 3.4, 3.2]
+    path = _write(tmp_path / "few.csv", ["N", "D", "loss"], [(n, d, y) for (n, d), y in zip(rows, loss)])
+    assert main(["fit", path, "--json"]) == 0
+    (warning,) = json.loads(capsys.readouterr().out)["warnings"]
+    assert "alpha" in warning and "beta" in warning and "1.2 decades" in warning
+    assert main(["fit", path]) == 0
+    assert "warning: poorly determined" in capsys.readouterr().out
 
 
 def test_flops_column_stands_in_for_tokens(tmp_path, chinchilla_runs, capsys):
