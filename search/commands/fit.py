@@ -147,6 +147,10 @@ def _bootstrap_loss(fit, theta, flops: float) -> float:
     return float(math.exp(allocate.optimal_log_loss(fit.law, theta, flops, unique_tokens=fit.unique_tokens)))
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
+
+
 def _print_text(result: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -174,7 +178,7 @@ def _print_text(result: dict) -> None:
                       f"[{t['n_opt']['lo']:.3g}, {t['n_opt']['hi']:.3g}], D_opt = {t['d_opt']['value']:.3g} "
                       f"[{t['d_opt']['lo']:.3g}, {t['d_opt']['hi']:.3g}], "
                       f"{t['tokens_per_parameter']:.3g} tokens/parameter "
-                      f"({t['times_largest_run']:.3g}x the largest run's compute)")
+                      f"({_times(t['times_largest_run'])} the largest run's compute)")
         extra = f", bootstrap [{loss['bootstrap_lo']:.4f}, {loss['bootstrap_hi']:.4f}]" if "bootstrap_lo" in loss else ""
         console.print(f"predicted loss {loss['value']:.4f} ({level}% interval [{loss['lo']:.4f}, {loss['hi']:.4f}]"
                       f"{extra})")
