@@ -158,7 +158,7 @@ SQUAREM_SPAN = 2
 MAX_SQUAREM_STEP = 64.0
 
 
-def _run(model: Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[State, Model, int]:
+def _run(model: Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[State, Model, int, bool]:
     """Iterate until the parameters and hyperparameters all settle, SQUAREM-accelerated (accelerate.py).
 
     The hyperparameters' fixed point converges linearly, slowly when few candidates inform
@@ -170,7 +170,8 @@ def _run(model: Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[State, M
     and the iterates kept are the plain iteration's.
 
     Returns:
-      the state, the model with the couplings it settled on, and the iterations taken.
+      the state, the model with the couplings it settled on, the iterations taken, and whether
+      it settled before the iteration cap.
     """
     k, m = len(model.data.candidates), model.departure_map.shape[1]
     state = State(mu0.copy(), np.zeros((k, m)), math.log(model.prior.sigma0), model.prior.tau0.copy(),
@@ -194,7 +195,7 @@ def _run(model: Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[State, M
                 trail = [_hypers(model, state)]
                 continue
         if change < config.tol and hyper < 100 * config.tol:
-            return state, model, it + 1
+            return state, model, it + 1, True
         if not config.accelerate:
             continue
         trail.append(_hypers(model, state))
@@ -203,7 +204,7 @@ def _run(model: Model, mu0: np.ndarray, config: PoolingConfig) -> tuple[State, M
             jump = h if step > 1.0 else None  # applied at the next iteration, which starts a new trail
             max_step = min(max_step * 4.0, MAX_SQUAREM_STEP) if step >= max_step else max_step
             trail = trail[-1:]
-    return state, model, config.max_iter
+    return state, model, config.max_iter, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +223,7 @@ class Estimated:
       n_runs: runs per candidate.
       unique_tokens: unique-data budget, or None.
       iterations: iterations of the chosen start.
+      converged: whether the chosen start settled before config.max_iter (else its estimates are the last iterate's).
       hyper: sensitivity of theta to the hyperparameters times their sd [h, K, p] (laplace.hyper_sensitivity).
       log_pivots: with departures="learned", for each coupled exponent the log N (alpha) or log D (beta)
         at which its departures and its level's are independent a priori (0 is "natural").
@@ -238,6 +240,7 @@ class Estimated:
     n_runs: tuple[int, ...]
     unique_tokens: float | None
     iterations: int
+    converged: bool = True
     hyper: np.ndarray | None = None
     log_pivots: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
@@ -252,16 +255,16 @@ def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estim
     pairs = config.coupled_pairs(reparam)
     start = Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents,
                   pairs, (0.0,) * len(pairs))
-    best, model, best_value, iters = None, start, math.inf, 0
+    best, model, best_value, iters, converged = None, start, math.inf, 0, False
     for mu0 in _initial_mu(start, config):
-        state, fitted, it = _run(start, mu0, config)
+        state, fitted, it, settled = _run(start, mu0, config)
         value = laplace.marginal(fitted, state)
         if value < best_value:
-            best, model, best_value, iters = state, fitted, value, it
+            best, model, best_value, iters, converged = state, fitted, value, it, settled
     post = laplace.posterior(model, best, best.noise_var, passes=3)
     hyper = laplace.hyper_sensitivity(model, best, post)
     pivots = tuple(g - g_natural for g, (_, _, g_natural) in zip(model.coupling, pairs))
     return Estimated(data.candidates, reparam, model.thetas(best), best.mu, best.tau, best.log_s,
                      laplace.t_inflate(model, best, post), data.flops_models, tuple(int(c) for c in data.counts),
-                     data.unique_tokens, iters, hyper,
+                     data.unique_tokens, iters, converged, hyper,
                      {config.varying[x]: p for (_, x, _), p in zip(pairs, pivots)})

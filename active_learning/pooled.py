@@ -73,7 +73,7 @@ def fit_pooled(runs_by_candidate: RunsByCandidate, config: PoolingConfig = Pooli
     return PooledFit(config.law, est.candidates, est.reparam.to_natural(est.theta), est.reparam.to_natural(est.mu),
                      tau, post.noise_var, est.log_scale, est.reparam, post.shared_cov, post.mixing, post.own_cov,
                      est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations, est.hyper,
-                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()})
+                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()}, est.converged)
 
 
 # ---------------------------------------------------------------------------- the fitted campaign
@@ -110,6 +110,8 @@ class PooledFit:
         its level's, the N (alpha) or D (beta) at which the two are independent a priori: near the
         campaign's centre, candidates differ as compute multipliers there; near 1, as in the
         natural parameters.
+      converged: whether the fit settled before its iteration cap (PoolingConfig.max_iter); if not,
+        its estimates are the last iterate's, and a campaign says so.
     """
 
     law_name: str
@@ -130,6 +132,7 @@ class PooledFit:
     iterations: int = 0
     hyper: np.ndarray | None = None
     pivots: dict[str, float] = dataclasses.field(default_factory=dict)
+    converged: bool = True
 
     def _hyper(self) -> np.ndarray:
         k, p, _ = self.mixing.shape

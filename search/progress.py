@@ -14,6 +14,8 @@ from rich.text import Text
 
 from db import query
 
+UNSETTLED = "warning: the pooled fit hit its iteration cap; its predictions are the last iterate's"
+
 
 def ranking_table(db: sqlite_utils.Database, k: int = 10, title: str = "Ranking by predicted loss at C*") -> Table:
     """The top-k candidates: predicted loss at C* with its interval, probability best, runs."""
@@ -77,6 +79,10 @@ class Progress:
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "step" and info.get("message"):
             self.message = info["message"]
+        if kind == "fit" and not info.get("converged", True):
+            self.message = UNSETTLED
+        elif kind == "fit" and self.message == UNSETTLED:
+            self.message = ""  # a later fit settled
         if self.live:
             self._draw()
             return
@@ -90,6 +96,8 @@ class Progress:
             line = f"run {info['run']} (program {info['program']}, N={info['n']}, D={info['d']}): {info['status']} loss {loss}"
         elif kind == "fit":
             line = f"fit on {info['runs']} runs; {info['planned']} scaling runs planned"
+            if not info.get("converged", True):
+                line += f" ({UNSETTLED})"
             line += " | " + summary_text(self.db, self.budget).plain.replace("\n", " | ")
         else:
             line = f"step {info['step']}: {info['children']} children from {info['proposer']} (island {info['island']})"

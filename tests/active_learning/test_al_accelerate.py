@@ -69,10 +69,17 @@ def test_accelerated_pooled_fit_is_nearer_its_fixed_point_in_fewer_iterations():
     pred = {name: _log_predictions(fit, cfg.target_flops) for name, fit in fits.items()}
     error = {name: float(np.max(np.abs(pred[name] - pred["reference"]))) for name in ("fast", "plain")}
     assert fits["fast"].iterations < fits["plain"].iterations
+    assert all(fit.converged for fit in fits.values())
     # The plain iteration stops when a step is below tolerance, far from its fixed point when
     # it converges slowly; the extrapolated one ends where the tightly converged fit does.
     assert error["fast"] < 1e-4
     assert error["fast"] < error["plain"]
+
+
+def test_a_fit_stopped_by_its_iteration_cap_says_it_did_not_converge():
+    cfg, runs = _slow_campaign()
+    capped = fit_pooled(runs, dataclasses.replace(cfg.pooling, max_iter=3))
+    assert capped.iterations == 3 and not capped.converged
 
 
 def test_a_jump_that_makes_things_worse_is_undone(monkeypatch):

@@ -14,7 +14,6 @@ import pytest
 from db import query, schema
 from db.rows import Stage
 from proxy_models.program import seed_source
-from search.campaign import run_campaign
 from search.config import SPEC_TEMPLATE, load_spec
 from search.loop import Loop, open_campaign
 from search.propose import MutatorProposer
@@ -74,7 +73,7 @@ def test_another_seed_another_campaign(tmp_path):
 
 def test_killed_campaign_resumes_to_the_same_results(tmp_path):
     _, reference = run_loop(make_spec(tmp_path / "never-killed"))
-    spec = make_spec(tmp_path / "killed", extra="")
+    make_spec(tmp_path / "killed", extra="")
     text = (tmp_path / "killed" / "campaign.toml").read_text().replace("simulate = true", "simulate = true\nsimulate_delay_s = 0.15")
     (tmp_path / "killed" / "campaign.toml").write_text(text)
     cmd = [sys.executable, "-m", "search.cli", "run", str(tmp_path / "killed" / "campaign.toml")]
@@ -147,7 +146,7 @@ def test_a_different_seed_program_is_refused(tmp_path):
 
 
 def test_run_command_prints_the_ranking(tmp_path, capsys):
-    spec = make_spec(tmp_path / "cli", candidates=6)
+    make_spec(tmp_path / "cli", candidates=6)
     from search.cli import main
 
     assert main(["run", str(tmp_path / "cli" / "campaign.toml")]) == 0
@@ -233,6 +232,24 @@ def test_the_pooled_fit_record_keeps_learned_pivots():
         runs[f"c{k}"] = [Observation(float(a), 20 * float(a), float(y)) for a, y in zip(n, loss)]
     for departures, keys in (("centred", set()), ("learned", {"alpha"})):
         fit = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures=departures))
-        params = _pooled_record(fit, 18).params
+        params = _pooled_record(fit, 18, 300).params
         assert set(params.get("pivots", {})) == keys
+        assert params["iterations"] == fit.iterations and "warning" not in params
         assert all(math.isfinite(v) and v > 0 for v in params.get("pivots", {}).values())
+    capped = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), max_iter=2))
+    assert "did not settle in 2 iterations" in _pooled_record(capped, 18, 2).params["warning"]
+
+
+def test_progress_says_when_the_pooled_fit_did_not_settle(tmp_path, capsys):
+    from rich.console import Console
+
+    from search.progress import UNSETTLED, Progress
+
+    db = schema.connect(tmp_path / "c.sqlite")
+    progress = Progress(db, 10, Console(file=sys.stderr, force_terminal=False))
+    progress("fit", {"runs": 12, "planned": 2, "fitted": True, "converged": True})
+    assert UNSETTLED not in capsys.readouterr().out
+    progress("fit", {"runs": 14, "planned": 2, "fitted": True, "converged": False})
+    assert UNSETTLED in capsys.readouterr().out and progress.message == UNSETTLED
+    progress("fit", {"runs": 16, "planned": 2, "fitted": True, "converged": True})
+    assert progress.message == ""
