@@ -240,7 +240,7 @@ class Estimated:
     n_runs: tuple[int, ...]
     unique_tokens: float | None
     iterations: int
-    converged: bool = True
+    converged: bool
     hyper: np.ndarray | None = None
     log_pivots: Mapping[str, float] = dataclasses.field(default_factory=dict)
 

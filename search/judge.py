@@ -76,12 +76,11 @@ def fit_round(db: sqlite_utils.Database, spec: CampaignSpec, rng: np.random.Gene
     n_runs = sum(len(v) for v in obs.values())
     if n_runs < MIN_POOLED_RUNS:
         return Judgement([], {}, None)
-    config = pooling(spec)
-    pooled = fit_pooled(obs, config)
+    pooled = fit_pooled(obs, pooling(spec))
     c_star, inference = spec.target_flops, spec.inference_tokens
     predictions = pooled.predict_at_target(c_star, inference_tokens=inference)
     prob_best = pooled.prob_best(c_star, rng, inference_tokens=inference)
-    fits = [_pooled_record(pooled, n_runs, config.max_iter)]
+    fits = [_pooled_record(pooled, n_runs)]
     for cand, pred in predictions.items():
         fits.append(Fit(
             program_id=int(cand), kind="candidate", law=pooled.law_name, params=pooled.params(cand),
@@ -107,11 +106,11 @@ def _intervals(pooled: PooledFit, cand: str) -> dict[str, list[float]]:
     return out
 
 
-def _pooled_record(pooled: PooledFit, n_runs: int, max_iter: int) -> Fit:
+def _pooled_record(pooled: PooledFit, n_runs: int) -> Fit:
     """The campaign-level law, its hyperparameters, and whether the fit settled (else a warning to read)."""
     mean = pooled.law.describe(pooled.mean)
-    warning = {} if pooled.converged else {"warning": f"the pooled fit did not settle in {max_iter} iterations: "
-                                                      "its estimates are the last iterate's"}
+    unsettled = f"the pooled fit did not settle in {pooled.iterations} iterations: its estimates are the last iterate's"
+    warning = {} if pooled.converged else {"warning": unsettled}
     return Fit(program_id=None, kind="pooled", law=pooled.law_name,
                params={**mean, "tau": pooled.tau, "noise_sd": math.sqrt(pooled.noise_var),
                        "iterations": pooled.iterations, **({"pivots": pooled.pivots} if pooled.pivots else {}),

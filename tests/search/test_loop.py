@@ -232,12 +232,12 @@ def test_the_pooled_fit_record_keeps_learned_pivots():
         runs[f"c{k}"] = [Observation(float(a), 20 * float(a), float(y)) for a, y in zip(n, loss)]
     for departures, keys in (("centred", set()), ("learned", {"alpha"})):
         fit = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures=departures))
-        params = _pooled_record(fit, 18, 300).params
+        params = _pooled_record(fit, 18).params
         assert set(params.get("pivots", {})) == keys
         assert params["iterations"] == fit.iterations and "warning" not in params
         assert all(math.isfinite(v) and v > 0 for v in params.get("pivots", {}).values())
     capped = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), max_iter=2))
-    assert "did not settle in 2 iterations" in _pooled_record(capped, 18, 2).params["warning"]
+    assert "did not settle in 2 iterations" in _pooled_record(capped, 18).params["warning"]
 
 
 def test_progress_says_when_the_pooled_fit_did_not_settle(tmp_path, capsys):
