@@ -1,4 +1,4 @@
-"""SQUAREM: the extrapolation's known answers, and pooled fits that reach their fixed point sooner."""
+"""SQUAREM and damping: known answers, and pooled fits that reach their fixed point sooner or at all."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from active_learning import bench
+from active_learning import bench, empirical_bayes
 from active_learning.accelerate import squarem_step
+from active_learning.hierarchical import PoolingConfig
 from active_learning.pooled import fit_pooled
+from active_learning.scaling_law import Observation
 
 FIXED_POINT = np.array([1.0, -2.0, 0.5])
 
@@ -100,3 +102,53 @@ def test_a_jump_that_makes_things_worse_is_undone(monkeypatch):
     assert jumps.count(4.0) > 1 and max(jumps) == 4.0
     np.testing.assert_array_equal(undone.theta, plain.theta)
     np.testing.assert_array_equal(undone.stacked_cov(), plain.stacked_cov())
+
+
+# The first 16 runs of a demo campaign (candidate, N, D, loss, FLOPs per token): 12 candidates,
+# most with one base run at the same (N, D). Undamped, the pooled fit's prior-mean start
+# alternated between two points until its iteration cap.
+ALTERNATING_RUNS = [
+    ("1", 154320.0, 245760.0, 2.4260188192129135, 1048800.0),
+    ("1", 27888.0, 3997696.0, 1.9090410023927689, 204192.0),
+    ("2", 154640.0, 245760.0, 2.4219469875097275, 1050720.0),
+    ("2", 27984.0, 3997696.0, 1.7457559518516064, 204768.0),
+    ("1", 49472.0, 491520.0, 2.359662413597107, 345984.0),
+    ("2", 49600.0, 491520.0, 2.3280384466052055, 346752.0),
+    ("4", 49728.0, 491520.0, 2.2042333483695984, 347520.0),
+    ("6", 49472.0, 491520.0, 2.3102514147758484, 345984.0),
+    ("7", 49344.0, 491520.0, 2.3060822188854218, 345216.0),
+    ("8", 49536.0, 491520.0, 2.3555934503674507, 346368.0),
+    ("9", 49600.0, 491520.0, 2.371347561478615, 346752.0),
+    ("10", 49728.0, 491520.0, 2.3323057666420937, 347520.0),
+    ("11", 49472.0, 491520.0, 2.361275836825371, 345984.0),
+    ("12", 49536.0, 491520.0, 2.3444980308413506, 346368.0),
+    ("13", 50456.0, 491520.0, 2.2787794917821884, 345744.0),
+    ("14", 49472.0, 491520.0, 2.430444970726967, 345984.0),
+]
+
+
+def _alternating_campaign() -> tuple[PoolingConfig, dict]:
+    runs: dict = {}
+    for cand, n, d, loss, fpt in ALTERNATING_RUNS:
+        runs.setdefault(cand, []).append(Observation(n, d, loss, flops_per_token=fpt))
+    return PoolingConfig(varying=("e", "a", "b")), runs
+
+
+def test_an_alternating_iteration_is_damped_to_its_fixed_point(monkeypatch):
+    config, runs = _alternating_campaign()
+    damped = fit_pooled(runs, config)
+    reference = fit_pooled(runs, dataclasses.replace(config, tol=1e-9, max_iter=3000))
+    assert damped.converged and reference.converged
+    error = np.max(np.abs(_log_predictions(damped, 1e15) - _log_predictions(reference, 1e15)))
+    assert error < 1e-4
+    # Without damping the same fit never settles: the data do exercise the alternation.
+    monkeypatch.setattr(empirical_bayes, "MIN_DAMPING", 1.0)
+    undamped = fit_pooled(runs, dataclasses.replace(config, max_iter=200))
+    assert not undamped.converged
+
+
+def test_the_alternation_test_catches_a_two_cycle_and_not_steady_progress():
+    a, b = np.array([1.0, 2.0]), np.array([1.5, 1.0])
+    assert empirical_bayes._alternating(a, b, a + 0.01)
+    assert not empirical_bayes._alternating(a, b, b + (b - a))  # moving on in a straight line
+    assert not empirical_bayes._alternating(a, b, b + 0.1 * (b - a))  # slowing down
