@@ -75,7 +75,7 @@ def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: 
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
     console.print(summary_text(db, spec.budget.candidates))
-    console.print(ranking_table(db, 10))
+    console.print(ranking_table(db, 10, width=console.width))
     console.print(f"stopped after {time.monotonic() - t0:.0f}s: {reason}")
     return 130 if loop.stopping else 0
 

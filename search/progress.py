@@ -13,25 +13,16 @@ from rich.table import Table
 from rich.text import Text
 
 from db import query
+from search.inspection import leaderboard
+from search.views import leaderboard_table
 
 UNSETTLED = "warning: the pooled fit hit its iteration cap; its predictions are the last iterate's"
 
 
-def ranking_table(db: sqlite_utils.Database, k: int = 10, title: str = "Ranking by predicted loss at C*") -> Table:
-    """The top-k candidates: predicted loss at C* with its interval, probability best, runs."""
-    table = Table(title=title, title_justify="left")
-    for col, kw in (("#", {"justify": "right"}), ("program", {"justify": "right"}), ("proposer", {}),
-                    ("L(C*) nats/byte", {"justify": "right"}), ("90% interval", {"justify": "right"}),
-                    ("P(best)", {"justify": "right"}), ("runs", {"justify": "right"}), ("base loss", {"justify": "right"}),
-                    ("change", {})):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=48 if col == "change" else None, **kw)
-    base = query.base_losses(db)
-    for rank, r in enumerate(query.best_candidates(db, k), 1):
-        f, p = r.fit, r.program
-        table.add_row(str(rank), str(p.id), p.proposer, f"{f.loss_at_c_star:.4f}", f"[{f.loss_low:.4f}, {f.loss_high:.4f}]",
-                      f"{f.prob_best:.2f}" if f.prob_best is not None else "-", str(f.n_runs),
-                      f"{base[p.id]:.4f}" if p.id in base else "-", (p.note or "")[:60])
-    return table
+def ranking_table(db: sqlite_utils.Database, k: int = 10, title: str = "Ranking by predicted loss at C* (nats/byte)",
+                  width: int = 200) -> Table:
+    """The top-k candidates: predicted loss at C* with its interval, probability best, runs (views.leaderboard_table)."""
+    return leaderboard_table(leaderboard(db, k), title, width=width)
 
 
 def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str = "") -> Text:
@@ -74,7 +65,7 @@ class Progress:
             self.live.__exit__(*exc)
 
     def _draw(self) -> None:
-        self.live.update(Group(summary_text(self.db, self.budget, self.message), ranking_table(self.db, 5)))
+        self.live.update(Group(summary_text(self.db, self.budget, self.message), ranking_table(self.db, 5, width=self.console.width)))
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "step" and info.get("message"):

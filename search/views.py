@@ -12,6 +12,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from search.layout import Column, fitted_table
+
 LAW_FORM = "L(N, D) = E + A / N^alpha + B / D^beta"
 
 
@@ -36,31 +38,19 @@ def _parents(ids: Sequence[int]) -> str:
     return ", ".join(map(str, ids)) or "-"
 
 
-def _numbers(table: Table, names: Sequence[str]) -> None:
-    for name in names:  # numbers never shrink; the text columns give way on a narrow terminal
-        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
-
-
 def leaderboard_table(rows: Sequence[dict[str, Any]], title: str, *, width: int = 200) -> Table:
     """The leaderboard: rank, program, predicted loss at C* with interval, P(best), runs, ancestry.
 
     Columns are dropped, least important first, to fit a terminal ``width`` characters wide.
     """
-    wide, medium = width >= 136, width >= 100
-    table = Table(title=title, title_justify="left")
-    _numbers(table, ("#", "id", "L(C*)", "90% interval", "P(best)", "runs") + (("N*", "D*", "base loss") if wide else ()))
-    table.add_column("proposer", no_wrap=True, overflow="ellipsis", max_width=16)
-    if wide:
-        table.add_column("parents", no_wrap=True, overflow="ellipsis", max_width=12)
-    if medium:
-        table.add_column("change", no_wrap=True, overflow="ellipsis", max_width=40)
-    for r in rows:
-        cells = [str(r["rank"]), str(r["id"]), loss(r["loss"]), interval(r["low"], r["high"]), g(r["prob_best"], 2),
-                 str(r["n_runs"])]
-        cells += [g(r["n_star"]), g(r["d_star"]), loss(r["base_loss"])] if wide else []
-        cells += [r["proposer"]] + ([_parents(r["parent_ids"])] if wide else []) + ([r["note"]] if medium else [])
-        table.add_row(*cells)
-    return table
+    columns = [Column("#"), Column("id"), Column("L(C*)"), Column("90% interval"), Column("P(best)"), Column("runs"),
+               Column("N*", drop=4), Column("D*", drop=4), Column("base loss", drop=3),
+               Column("proposer", number=False, max_width=16, drop=1), Column("parents", number=False, max_width=12, drop=5),
+               Column("change", number=False, max_width=40, drop=2)]
+    cells = [[str(r["rank"]), str(r["id"]), loss(r["loss"]), interval(r["low"], r["high"]), g(r["prob_best"], 2),
+              str(r["n_runs"]), g(r["n_star"]), g(r["d_star"]), loss(r["base_loss"]), r["proposer"],
+              _parents(r["parent_ids"]), r["note"] or ""] for r in rows]
+    return fitted_table(title, columns, cells, width)
 
 
 def _counts_table(status: dict[str, Any]) -> Table:
@@ -97,13 +87,11 @@ def status_view(status: dict[str, Any], width: int = 200) -> RenderableType:
         f"{spent['proposer_calls']} proposer calls ({spent['tokens_in'] + spent['tokens_out']:,} tokens)")
     parts: list[RenderableType] = [header, _counts_table(status), _budget_table(status["budgets"])]
     if status["recent_failures"]:
-        table = Table(title="Recent failures", title_justify="left")
-        _numbers(table, ("program", "run", "stage"))
-        table.add_column("status", no_wrap=True, min_width=9)
-        table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=70)
-        for f in status["recent_failures"]:
-            table.add_row(str(f["program_id"]), str(f["run_id"] or "-"), str(f["stage"]), f["status"],
-                          f["message"].splitlines()[0] if f["message"] else "")
+        columns = [Column("program"), Column("run"), Column("stage"), Column("status", justify="left"),
+                   Column("message", number=False, max_width=70)]
+        rows = [[str(f["program_id"]), str(f["run_id"] or "-"), str(f["stage"]), f["status"],
+                 f["message"].splitlines()[0] if f["message"] else ""] for f in status["recent_failures"]]
+        table = fitted_table("Recent failures", columns, rows, width)
         parts.append(table)
     if status["top"]:
         parts.append(leaderboard_table(status["top"], f"Top {len(status['top'])} by predicted loss at C* "
@@ -125,29 +113,25 @@ def law_text(fit: dict[str, Any] | None) -> str:
     return f"{LAW_FORM}: " + ", ".join(terms) + f" ({fit['n_runs']} runs)"
 
 
-def _runs_table(runs: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="Runs", title_justify="left")
-    for name in ("run", "stage", "status", "N", "D", "C FLOPs", "seed", "loss", "seconds"):
-        table.add_column(name, justify="left" if name in ("stage", "status") else "right", no_wrap=True,
-                         min_width=len(name))
-    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=50)
-    for r in runs:
-        table.add_row(str(r["id"]), r["stage"], r["status"] or r["state"], g(r["n_params"]), g(r["n_tokens"]),
-                      g(r["flops"]), str(r["seed"]), loss(r["loss"]), g(r["seconds"]), r["message"])
-    return table
+def _runs_table(runs: Sequence[dict[str, Any]], width: int) -> Table:
+    columns = [Column("run"), Column("stage", justify="left"), Column("status", justify="left"), Column("N"),
+               Column("D"), Column("C FLOPs", drop=2), Column("seed"), Column("loss"), Column("seconds", drop=1),
+               Column("message", number=False, max_width=50)]
+    rows = [[str(r["id"]), r["stage"], r["status"] or r["state"], g(r["n_params"]), g(r["n_tokens"]), g(r["flops"]),
+             str(r["seed"]), loss(r["loss"]), g(r["seconds"]), r["message"] or ""] for r in runs]
+    return fitted_table("Runs", columns, rows, width)
 
 
-def _lineage_table(lineage: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="Lineage (nearest first)", title_justify="left")
-    for name in ("program", "proposer", "parents", "status", "base loss", "change"):
-        table.add_column(name, overflow="ellipsis", no_wrap=True, max_width=50 if name == "change" else None)
-    for p in lineage:
-        table.add_row(str(p["id"]), p["proposer"], _parents(p["parent_ids"]), p["status"] or "pending",
-                      loss(p["base_loss"]), p["note"])
-    return table
+def _lineage_table(lineage: Sequence[dict[str, Any]], width: int) -> Table:
+    columns = [Column("program", justify="left"), Column("proposer", number=False, max_width=16),
+               Column("parents", number=False, max_width=12), Column("status", justify="left"),
+               Column("base loss"), Column("change", number=False, max_width=50)]
+    rows = [[str(p["id"]), p["proposer"], _parents(p["parent_ids"]), p["status"] or "pending", loss(p["base_loss"]),
+             p["note"] or ""] for p in lineage]
+    return fitted_table("Lineage (nearest first)", columns, rows, width)
 
 
-def program_view(d: dict[str, Any], *, source: bool = True) -> RenderableType:
+def program_view(d: dict[str, Any], *, source: bool = True, width: int = 200) -> RenderableType:
     """``scalesearch show``: summary, law, runs, lineage, the diff against the parent, the source."""
     fit = d["fit"]
     head = Text.assemble((f"program {d['id']}", "bold"), f"  {d['proposer']}, island {g(d['island'])}, "
@@ -163,11 +147,11 @@ def program_view(d: dict[str, Any], *, source: bool = True) -> RenderableType:
         parts.append(Text(f"prediction by fit round: {history}", style="dim"))
     else:
         parts.append(Text("no fitted law yet"))
-    parts += [_runs_table(d["runs"]), _lineage_table(d["lineage"])]
+    parts += [_runs_table(d["runs"], width), _lineage_table(d["lineage"], width)]
     if d["parent_diff"]:
-        parts.append(Panel(Syntax(d["parent_diff"], "diff", theme="ansi_dark"), title="diff against its parent"))
+        parts.append(Panel(Syntax(d["parent_diff"], "diff", theme="ansi_dark", word_wrap=True), title="diff against its parent"))
     if source:
-        parts.append(Panel(Syntax(d["source"], "python", theme="ansi_dark", line_numbers=True), title="source"))
+        parts.append(Panel(Syntax(d["source"], "python", theme="ansi_dark", line_numbers=True, word_wrap=True), title="source"))
     return Group(*parts)
 
 
@@ -204,7 +188,7 @@ def comparison_view(d: dict[str, Any]) -> RenderableType:
             runs.add_row(g(r["n"]), g(r["d"]), str(r["seed"]), loss(r["loss_a"]), loss(r["loss_b"]), f"{r['delta']:+.4f}")
         parts.append(runs)
     if d["diff"]:
-        parts.append(Panel(Syntax(d["diff"], "diff", theme="ansi_dark"), title=f"diff {a['id']} -> {b['id']}"))
+        parts.append(Panel(Syntax(d["diff"], "diff", theme="ansi_dark", word_wrap=True), title=f"diff {a['id']} -> {b['id']}"))
     else:
         parts.append(Text("the two sources are identical"))
     return Group(*parts)

@@ -31,5 +31,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(detail))
     else:
-        Console().print(views.program_view(detail, source=not args.no_source))
+        console = Console()
+        console.print(views.program_view(detail, source=not args.no_source, width=console.width))
     return 0
