@@ -170,13 +170,14 @@ def test_children_are_deduplicated_against_seen_and_each_other(server):
 
 def test_several_children_per_prompt_are_requested_concurrently(server):
     replies = [Reply(content=_diff('        "clip": 1.0,', f'        "clip": {c},'), delay_s=0.2) for c in (0.5, 0.6, 0.7, 0.8)]
-    proposal, _ = _propose(server, *replies, children_per_prompt=4, concurrency=4)
+    # FAST's 0.3 s timeout left 0.1 s over the replies' delay: a loaded machine timed requests out.
+    proposal, _ = _propose(server, *replies, children_per_prompt=4, concurrency=4, timeout_s=5.0)
     assert len(proposal.children) == 4 and server.max_in_flight >= 2
 
 
 def test_concurrency_one_sends_one_request_at_a_time(server):
     replies = [Reply(content=_diff('        "clip": 1.0,', f'        "clip": {c},'), delay_s=0.05) for c in (0.5, 0.6, 0.7)]
-    proposal, _ = _propose(server, *replies, children_per_prompt=3, concurrency=1)
+    proposal, _ = _propose(server, *replies, children_per_prompt=3, concurrency=1, timeout_s=5.0)
     assert len(proposal.children) == 3 and server.max_in_flight == 1
 
 
