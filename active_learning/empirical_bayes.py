@@ -62,16 +62,15 @@ def _update_coupling(model: Model, state: State, post: laplace.Posterior) -> tup
       the new model, and the largest change in a coupling times tau_x / tau_l (the change in
       the level's departure per sd of its exponent's, in sds of the level's own).
     """
-    coupling, change = list(model.coupling), 0.0
+    coupling = list(model.coupling)
     for i, (level, x, g_natural) in enumerate(model.pairs):
         m_lx = float(np.sum(state.delta[:, level] * state.delta[:, x] + post.delta_cov[:, level, x]))
         m_xx = float(np.sum(state.delta[:, x] ** 2 + post.delta_cov[:, x, x]))
         g0, s0 = coupling_prior(g_natural)
         t2 = state.tau[level] ** 2
-        g = ((m_lx + coupling[i] * m_xx) / t2 + g0 / s0**2) / (m_xx / t2 + 1.0 / s0**2)
-        change = max(change, abs(g - coupling[i]) * state.tau[x] / state.tau[level])
-        coupling[i] = g
-    return _recouple(model, state, coupling), change
+        coupling[i] = ((m_lx + coupling[i] * m_xx) / t2 + g0 / s0**2) / (m_xx / t2 + 1.0 / s0**2)
+    moved = np.abs(np.subtract(coupling, model.coupling)) * _coupling_scale(model, state.tau)
+    return _recouple(model, state, coupling), float(np.max(moved, initial=0.0))
 
 
 def _recouple(model: Model, state: State, coupling: Sequence[float]) -> Model:

@@ -106,11 +106,18 @@ def _intervals(pooled: PooledFit, cand: str) -> dict[str, list[float]]:
     return out
 
 
+def unsettled_warning(pooled: PooledFit | None) -> str | None:
+    """What the record and the progress line both say of a pooled fit that hit its iteration cap; None if it settled."""
+    if pooled is None or pooled.converged:
+        return None
+    return f"the pooled fit did not settle in {pooled.iterations} iterations: its estimates are the last iterate's"
+
+
 def _pooled_record(pooled: PooledFit, n_runs: int) -> Fit:
     """The campaign-level law, its hyperparameters, and whether the fit settled (else a warning to read)."""
     mean = pooled.law.describe(pooled.mean)
-    unsettled = f"the pooled fit did not settle in {pooled.iterations} iterations: its estimates are the last iterate's"
-    warning = {} if pooled.converged else {"warning": unsettled}
+    unsettled = unsettled_warning(pooled)
+    warning = {} if unsettled is None else {"warning": unsettled}
     return Fit(program_id=None, kind="pooled", law=pooled.law_name,
                params={**mean, "tau": pooled.tau, "noise_sd": math.sqrt(pooled.noise_var),
                        "iterations": pooled.iterations, **({"pivots": pooled.pivots} if pooled.pivots else {}),

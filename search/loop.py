@@ -224,7 +224,7 @@ class Loop:
             self.population.register(reg.program_id, reg.island, reg.score, reg.stage, reg.length)
         self._fitted_runs = n_runs
         self.on_event("fit", {"runs": n_runs, "planned": len(runs), "fitted": judgement.pooled is not None,
-                              "converged": judgement.pooled is None or judgement.pooled.converged})
+                              "warning": judge.unsettled_warning(judgement.pooled)})
 
     def _incumbents(self) -> list[int]:
         entries = sorted(self.population.entries.items(), key=lambda kv: (kv[1].score, kv[0]))

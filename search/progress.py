@@ -16,7 +16,7 @@ from db import query
 from search.inspection import leaderboard
 from search.views import leaderboard_table
 
-UNSETTLED = "warning: the pooled fit hit its iteration cap; its predictions are the last iterate's"
+WARNING = "warning: "
 
 
 def ranking_table(db: sqlite_utils.Database, k: int = 10, title: str = "Ranking by predicted loss at C* (nats/byte)",
@@ -65,14 +65,15 @@ class Progress:
             self.live.__exit__(*exc)
 
     def _draw(self) -> None:
-        self.live.update(Group(summary_text(self.db, self.budget, self.message), ranking_table(self.db, 5, width=self.console.width)))
+        ranking = ranking_table(self.db, 5, width=self.console.width)
+        self.live.update(Group(summary_text(self.db, self.budget, self.message), ranking))
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "step" and info.get("message"):
             self.message = info["message"]
-        if kind == "fit" and not info.get("converged", True):
-            self.message = UNSETTLED
-        elif kind == "fit" and self.message == UNSETTLED:
+        if kind == "fit" and info.get("warning"):
+            self.message = WARNING + info["warning"]  # the words the fit's record keeps (judge.unsettled_warning)
+        elif kind == "fit" and self.message.startswith(WARNING):
             self.message = ""  # a later fit settled
         if self.live:
             self._draw()
@@ -87,8 +88,8 @@ class Progress:
             line = f"run {info['run']} (program {info['program']}, N={info['n']}, D={info['d']}): {info['status']} loss {loss}"
         elif kind == "fit":
             line = f"fit on {info['runs']} runs; {info['planned']} scaling runs planned"
-            if not info.get("converged", True):
-                line += f" ({UNSETTLED})"
+            if info.get("warning"):
+                line += f" ({WARNING}{info['warning']})"
             line += " | " + summary_text(self.db, self.budget).plain.replace("\n", " | ")
         else:
             line = f"step {info['step']}: {info['children']} children from {info['proposer']} (island {info['island']})"

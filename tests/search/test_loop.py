@@ -215,14 +215,11 @@ def test_the_departures_setting_reaches_the_pooled_fit(tmp_path):
     assert pooling(load_spec(path)).departures == "natural"
 
 
-def test_the_pooled_fit_record_keeps_learned_pivots():
-    import math
-
+def _pooled_runs() -> dict:
+    """Three candidates on six noiseless runs each, departing in A and alpha."""
     import numpy as np
 
-    from active_learning.pooled import PoolingConfig, fit_pooled
     from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
-    from search.judge import _pooled_record
 
     n = np.geomspace(1e7, 1e9, 6)
     runs = {}
@@ -230,6 +227,16 @@ def test_the_pooled_fit_record_keeps_learned_pivots():
         theta = HOFFMANN_2022 + np.array([0.0, 0.2 * step / 0.02, 0.0, step, 0.0])
         loss = np.exp(Chinchilla().log_loss(theta, Features.from_arrays(n, 20 * n)))
         runs[f"c{k}"] = [Observation(float(a), 20 * float(a), float(y)) for a, y in zip(n, loss)]
+    return runs
+
+
+def test_the_pooled_fit_record_keeps_learned_pivots():
+    import math
+
+    from active_learning.pooled import PoolingConfig, fit_pooled
+    from search.judge import _pooled_record
+
+    runs = _pooled_runs()
     for departures, keys in (("centred", set()), ("learned", {"alpha"})):
         fit = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures=departures))
         params = _pooled_record(fit, 18).params
@@ -243,13 +250,22 @@ def test_the_pooled_fit_record_keeps_learned_pivots():
 def test_progress_says_when_the_pooled_fit_did_not_settle(tmp_path, capsys):
     from rich.console import Console
 
-    from search.progress import UNSETTLED, Progress
+    from active_learning.pooled import PoolingConfig, fit_pooled
+    from search import judge
+    from search.judge import _pooled_record
+    from search.progress import Progress
 
+    runs = _pooled_runs()
+    capped = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), max_iter=2))
+    said = judge.unsettled_warning(capped)
+    assert judge.unsettled_warning(None) is None and judge.unsettled_warning(fit_pooled(runs)) is None
     db = schema.connect(tmp_path / "c.sqlite")
     progress = Progress(db, 10, Console(file=sys.stderr, force_terminal=False))
-    progress("fit", {"runs": 12, "planned": 2, "fitted": True, "converged": True})
-    assert UNSETTLED not in capsys.readouterr().out
-    progress("fit", {"runs": 14, "planned": 2, "fitted": True, "converged": False})
-    assert UNSETTLED in capsys.readouterr().out and progress.message == UNSETTLED
-    progress("fit", {"runs": 16, "planned": 2, "fitted": True, "converged": True})
+    progress("fit", {"runs": 12, "planned": 2, "fitted": True, "warning": None})
+    assert "warning" not in capsys.readouterr().out
+    progress("fit", {"runs": 14, "planned": 2, "fitted": True, "warning": said})
+    # the live line says what the fit's record keeps, in the same words
+    assert f"warning: {said}" in capsys.readouterr().out and progress.message == f"warning: {said}"
+    assert _pooled_record(capped, 14).params["warning"] == said
+    progress("fit", {"runs": 16, "planned": 2, "fitted": True, "warning": None})
     assert progress.message == ""
