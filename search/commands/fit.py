@@ -158,12 +158,15 @@ def _print_text(result: dict) -> None:
 
     console = Console()
     level = round(100 * result["level"])
-    table = Table(title=f"{result['law']} law, {result['loss']} loss, {result['n_runs']} runs")
+    # The level goes in the title so that the interval headers stay short enough for an
+    # 80-column terminal: with it in each header, the bootstrap one wrapped onto two lines.
+    table = Table(title=f"{result['law']} law, {result['loss']} loss, {result['n_runs']} runs, "
+                        f"{level}% intervals")
     table.add_column("parameter")
     table.add_column("estimate", justify="right")
-    table.add_column(f"{level}% interval (Laplace)", justify="right")
+    table.add_column("Laplace", justify="right")
     if result["bootstrap"]:
-        table.add_column(f"{level}% interval (bootstrap, K={result['bootstrap']})", justify="right")
+        table.add_column(f"bootstrap (K={result['bootstrap']})", justify="right")
     for name, e in result["params"].items():
         cells = [name, f"{e['value']:.5g}", f"[{e['lo']:.5g}, {e['hi']:.5g}]"]
         if "bootstrap_lo" in e:

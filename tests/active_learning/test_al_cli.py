@@ -66,6 +66,16 @@ def test_text_output_bootstrap_and_plot(runs_csv, tmp_path, capsys):
     assert plot.stat().st_size > 10_000
 
 
+def test_text_table_with_bootstrap_fits_80_columns(runs_csv, capsys, monkeypatch):
+    # Each header on one line and no line past the edge: the bootstrap header used to wrap.
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["fit", runs_csv, "--bootstrap", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = [line for line in lines if "estimate" in line]
+    assert len(header) == 1 and "Laplace" in header[0] and "bootstrap (K=8)" in header[0]
+
+
 def test_data_constrained_law_reads_unique_tokens(tmp_path, chinchilla_runs, capsys, rng):
     runs = chinchilla_runs(noise=0.005, rng=rng)
     rows = [(r.n, r.d, r.loss, r.d) for r in runs]  # every token fresh
