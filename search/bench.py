@@ -15,6 +15,8 @@ import pathlib
 import sys
 import time
 
+INTERRUPTED = 130  # run_campaign's exit code after a Ctrl-C, the shell's for SIGINT
+
 
 def measure(db) -> dict:
     from db import query
@@ -62,7 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     spec_path = write_demo(pathlib.Path(args.dir), args.candidates, args.simulate, args.seed)
     t0 = time.monotonic()
-    run_campaign(load_spec(spec_path))
+    # Ctrl-C stops the campaign cleanly, as in `make demo`; a partial campaign is no benchmark,
+    # so it prints no figures, and says where the work is for whoever wants to look at it.
+    if run_campaign(load_spec(spec_path), install_signals=True) == INTERRUPTED:
+        print(f"interrupted: no figures; the partial campaign is in {spec_path.parent} "
+              f"(scalesearch status {spec_path.parent / 'campaign.sqlite'})", file=sys.stderr)
+        raise SystemExit(INTERRUPTED)
     out = measure(schema.connect(spec_path.parent / "campaign.sqlite"))
     out["seed"] = args.seed
     out["wall_s"] = round(time.monotonic() - t0, 1)
