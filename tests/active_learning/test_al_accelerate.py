@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
 
-from active_learning import bench, empirical_bayes
+from active_learning import bench, bench_accelerate, empirical_bayes
 from active_learning.accelerate import squarem_step
 from active_learning.hierarchical import PoolingConfig
 from active_learning.pooled import fit_pooled
@@ -51,31 +50,39 @@ def test_no_movement_returns_the_last_iterate():
     assert step == 1.0 and np.array_equal(x, FIXED_POINT)
 
 
-def _log_predictions(fit, target: float) -> np.ndarray:
-    pred = fit.predict_at_target(target)
-    return np.array([[math.log(p.loss), p.sd / p.loss] for p in pred.values()])
-
-
 def _slow_campaign() -> tuple[bench.BenchConfig, dict]:
     cfg = bench.BenchConfig()
     rng = np.random.default_rng(7)
     return cfg, bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "random", 0.05, rng).by_candidate
 
 
-def test_accelerated_pooled_fit_is_nearer_its_fixed_point_in_fewer_iterations():
-    """A bench campaign with few runs, learned couplings and every parameter varying (slow hyperparameters)."""
-    cfg, runs = _slow_campaign()
-    plain = dataclasses.replace(cfg.pooling, accelerate=False)
-    fits = {"fast": fit_pooled(runs, cfg.pooling), "plain": fit_pooled(runs, plain),
-            "reference": fit_pooled(runs, dataclasses.replace(cfg.pooling, tol=1e-9, max_iter=3000))}
-    pred = {name: _log_predictions(fit, cfg.target_flops) for name, fit in fits.items()}
-    error = {name: float(np.max(np.abs(pred[name] - pred["reference"]))) for name in ("fast", "plain")}
-    assert fits["fast"].iterations < fits["plain"].iterations
-    assert all(fit.converged for fit in fits.values())
-    # The plain iteration stops when a step is below tolerance, far from its fixed point when
-    # it converges slowly; the extrapolated one ends where the tightly converged fit does.
-    assert error["fast"] < 1e-4
-    assert error["fast"] < error["plain"]
+# Eight consecutive bench campaigns, not chosen one by one: on a single campaign the two
+# iterations' counts and end points differ by a few iterations and 1e-5 in log loss, which
+# floating-point rounding on another CPU can reorder (seed 7 did between two machines).
+CAMPAIGNS = range(10, 18)
+
+
+@pytest.fixture(scope="module")
+def compared():
+    # A reference converged 10x tighter than the default 1e-6 is enough to measure 1e-3 against.
+    return [bench_accelerate.compare(seed, 0.05, reference_tol=1e-7) for seed in CAMPAIGNS]
+
+
+def test_accelerated_pooled_fits_take_fewer_iterations(compared):
+    """On the 40 bench campaigns (bench_accelerate) the accelerated fits took about half the iterations."""
+    assert all(r[name]["converged"] for r in compared for name in ("fast", "plain", "reference"))
+    summary = bench_accelerate.summarise(compared)
+    assert summary["compared"] == len(CAMPAIGNS)
+    assert summary["iteration_ratio"] < 0.75
+
+
+def test_accelerated_pooled_fits_end_at_the_fixed_point(compared):
+    """Within 1e-3 of the reference, in log loss at C* and in relative sd: a tenth of the seed noise.
+
+    The extrapolation must not stop somewhere the plain iteration would not: a jump that
+    lands off the path and then meets the step tolerance would pass the iteration count.
+    """
+    assert max(r["fast"]["distance"] for r in compared) < 1e-3
 
 
 def test_a_fit_stopped_by_its_iteration_cap_says_it_did_not_converge():
@@ -139,7 +146,7 @@ def test_an_alternating_iteration_is_damped_to_its_fixed_point(monkeypatch):
     damped = fit_pooled(runs, config)
     reference = fit_pooled(runs, dataclasses.replace(config, tol=1e-9, max_iter=3000))
     assert damped.converged and reference.converged
-    error = np.max(np.abs(_log_predictions(damped, 1e15) - _log_predictions(reference, 1e15)))
+    error = np.max(np.abs(bench_accelerate.log_predictions(damped, 1e15) - bench_accelerate.log_predictions(reference, 1e15)))
     assert error < 1e-4
     # Without damping the same fit never settles: the data do exercise the alternation.
     monkeypatch.setattr(empirical_bayes, "MIN_DAMPING", 1.0)
@@ -152,3 +159,19 @@ def test_the_alternation_test_catches_a_two_cycle_and_not_steady_progress():
     assert empirical_bayes._alternating(a, b, a + 0.01)
     assert not empirical_bayes._alternating(a, b, b + (b - a))  # moving on in a straight line
     assert not empirical_bayes._alternating(a, b, b + 0.1 * (b - a))  # slowing down
+
+
+def test_the_acceleration_summary_leaves_out_campaigns_without_a_fixed_point():
+    def fit(iterations, distance, converged=True):
+        return {"iterations": iterations, "distance": distance, "converged": converged}
+
+    results = [{"fast": fit(30, 1e-5), "plain": fit(60, 2e-4), "reference": fit(90, 0.0)},
+               {"fast": fit(50, 5e-5), "plain": fit(40, 1e-5), "reference": fit(80, 0.0)},
+               {"fast": fit(300, 1e-2), "plain": fit(300, 1e-2, False), "reference": fit(3000, 0.0, False)}]
+    out = bench_accelerate.summarise(results)
+    assert out["campaigns"] == 3 and out["compared"] == 2
+    assert out["iteration_ratio"] == 0.8  # (30 + 50) / (60 + 40)
+    assert out["fewer_iterations"] == 1
+    assert out["fast_within_0.0001"] == 2 and out["plain_within_0.0001"] == 1
+    assert out["plain_median_distance"] == pytest.approx(1.05e-4)
+    assert out["plain_unconverged"] == 0
