@@ -38,11 +38,16 @@ def log_predictions(fit: PooledFit, target: float) -> np.ndarray:
     return np.array([[np.log(p.loss), p.sd / p.loss] for p in fit.predict_at_target(target).values()])
 
 
-def compare(seed: int, budget: float, reference_tol: float = REFERENCE_TOL) -> dict:
-    """One campaign's three fits: iterations, convergence, and distance to the reference's predictions."""
+def campaign(seed: int, budget: float) -> tuple[bench.BenchConfig, dict]:
+    """A bench campaign's runs by candidate, from its random design at ``budget`` of the grid's FLOPs."""
     cfg = bench.BenchConfig()
     rng = np.random.default_rng(seed)
-    runs = bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "random", budget, rng).by_candidate
+    return cfg, bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "random", budget, rng).by_candidate
+
+
+def compare(seed: int, budget: float, reference_tol: float = REFERENCE_TOL) -> dict:
+    """One campaign's three fits: iterations, convergence, and distance to the reference's predictions."""
+    cfg, runs = campaign(seed, budget)
     configs = {"fast": cfg.pooling, "plain": dataclasses.replace(cfg.pooling, accelerate=False),
                "reference": dataclasses.replace(cfg.pooling, tol=reference_tol, max_iter=REFERENCE_CAP)}
     fits = {name: fit_pooled(runs, config) for name, config in configs.items()}

@@ -15,8 +15,6 @@ import pathlib
 import sys
 import time
 
-INTERRUPTED = 130  # run_campaign's exit code after a Ctrl-C, the shell's for SIGINT
-
 
 def measure(db) -> dict:
     from db import query
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from db import schema
-    from search.campaign import run_campaign
+    from search.campaign import INTERRUPTED, run_campaign
     from search.config import load_spec
     from search.demo import write_demo
 

@@ -19,6 +19,8 @@ from search.loop import Loop, open_campaign
 from search.progress import Progress, ranking_table, summary_text
 from search.propose import MutatorProposer, Proposer, mutator_config
 
+INTERRUPTED = 130  # run_campaign's exit code after a Ctrl-C: the shell's for SIGINT
+
 
 def build_evaluator(spec: CampaignSpec):
     base = (spec.proxies.base_n, spec.proxies.base_d)
@@ -77,7 +79,7 @@ def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: 
     console.print(summary_text(db, spec.budget.candidates))
     console.print(ranking_table(db, 10, width=console.width))
     console.print(f"stopped after {time.monotonic() - t0:.0f}s: {reason}")
-    return 130 if loop.stopping else 0
+    return INTERRUPTED if loop.stopping else 0
 
 
 def _install_sigint(loop: Loop):

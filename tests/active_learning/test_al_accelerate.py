@@ -51,9 +51,7 @@ def test_no_movement_returns_the_last_iterate():
 
 
 def _slow_campaign() -> tuple[bench.BenchConfig, dict]:
-    cfg = bench.BenchConfig()
-    rng = np.random.default_rng(7)
-    return cfg, bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "random", 0.05, rng).by_candidate
+    return bench_accelerate.campaign(7, 0.05)
 
 
 # Eight consecutive bench campaigns, not chosen one by one: on a single campaign the two

@@ -11,7 +11,7 @@ def test_an_interrupted_campaign_prints_no_figures_and_exits_130(tmp_path, monke
 
     def stopped_by_ctrl_c(spec, **kwargs):
         calls.append(kwargs)
-        return bench.INTERRUPTED
+        return search.campaign.INTERRUPTED
 
     monkeypatch.setattr(search.campaign, "run_campaign", stopped_by_ctrl_c)
     with pytest.raises(SystemExit) as stop:
