@@ -49,6 +49,22 @@ def test_the_gradient_matches_finite_differences():
         assert grad[k, m] == pytest.approx(numeric, rel=1e-4)
 
 
+def test_the_line_searchs_closed_form_agrees_with_the_direct_posterior_along_the_segment():
+    # Frank-Wolfe's line search reads the mean sd off one factorisation (_Segment): at every t it
+    # must be the sd of the design x + t (v - x) computed afresh, for the predictions and the decision.
+    campaign = _campaign(seed=11)
+    lin = oracle._Linearised.build(campaign)
+    rng = np.random.default_rng(12)
+    x = rng.uniform(0.2, 2.0, lin.jac.shape[:2])
+    vertex = oracle._cheapest_vertex(rng.standard_normal(x.size), lin.cost.ravel(), float(np.sum(x * lin.cost)),
+                                     4.0).reshape(x.shape)
+    for contrasts in (lin.targets(), oracle.pick_contrast(campaign)[0]):
+        segment = oracle._Segment.build(lin, x, vertex, contrasts)
+        for t in (0.0, 0.1, 0.5, 0.93, 1.0):
+            direct = lin.mean_sd(x + t * (vertex - x), contrasts)[0]
+            assert segment.mean_sd(t) == pytest.approx(direct, rel=1e-9)
+
+
 def test_the_optimum_spends_the_budget_within_the_cap_and_beats_the_grid_at_its_flops():
     campaign = _campaign()
     grid = oracle.evaluate(campaign, np.ones((3, len(POOL))))
