@@ -14,12 +14,11 @@ import time
 from rich.console import Console
 
 from db import schema
+from search.cli import INTERRUPTED  # run_campaign's exit code after a Ctrl-C, as the command's
 from search.config import CampaignSpec, SpecError
 from search.loop import Loop, open_campaign
 from search.progress import Progress, ranking_table, summary_text
 from search.propose import MutatorProposer, Proposer, mutator_config
-
-INTERRUPTED = 130  # run_campaign's exit code after a Ctrl-C: the shell's for SIGINT
 
 
 def build_evaluator(spec: CampaignSpec):

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+INTERRUPTED = 130  # the exit code after a Ctrl-C, the shell's for SIGINT; run_campaign returns it too
+
 COMMANDS = {
     "init": "search.commands.init",
     "run": "search.commands.run",
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":
