@@ -160,10 +160,11 @@ class _Segment:
     """The mean sd along the designs x + t (v - x), t in [0, 1], in closed form.
 
     The precision is affine in the weights, P(t) = P0 + t (P1 - P0). With P0 = L L^T and
-    L^-1 (P1 - P0) L^-T = U diag(lambda) U^T (simultaneous diagonalisation), P(t)^-1 =
-    L^-T U diag(1 / (1 + t lambda)) U^T L^-1, so each contrast's variance is
-    sum_i z_i^2 / (1 + t lambda_i) with z = U^T L^-1 c: one O(q^3) factorisation per
-    Frank-Wolfe step, then O(q L) per point of the line search instead of an inverse.
+    L^-1 (P1 - P0) L^-T = U diag(lambda) U^T (simultaneous diagonalisation of a
+    symmetric-definite pair, Golub & Van Loan 2013, sec. 8.7), P(t)^-1 = L^-T U
+    diag(1 / (1 + t lambda)) U^T L^-1, so each contrast's variance is sum_i z_i^2 /
+    (1 + t lambda_i) with z = U^T L^-1 c: one O(q^3) factorisation per Frank-Wolfe
+    step, then O(q L) per point of the line search instead of an inverse.
     1 + t lambda > 0 on [0, 1], since P(t) is a convex combination of two precisions.
     """
 
