@@ -169,7 +169,7 @@ def test_the_acceleration_summary_leaves_out_campaigns_without_a_fixed_point():
     out = bench_accelerate.summarise(results)
     assert out["campaigns"] == 3 and out["compared"] == 2
     assert out["iteration_ratio"] == 0.8  # (30 + 50) / (60 + 40)
-    assert out["fewer_iterations"] == 1
+    assert out["fewer_iterations"] == 1 and out["nearer_reference"] == 1
     assert out["fast_within_0.0001"] == 2 and out["plain_within_0.0001"] == 1
     assert out["plain_median_distance"] == pytest.approx(1.05e-4)
     assert out["plain_unconverged"] == 0
