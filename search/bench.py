@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from db import schema
-    from search.campaign import INTERRUPTED, run_campaign
+    from search.campaign import run_campaign
+    from search.cli import INTERRUPTED
     from search.config import load_spec
     from search.demo import write_demo
 
