@@ -5,14 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install sandbox-tools demo test bench clean
+.PHONY: install sandbox-tools demo test bench clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# constraints.txt pins every package to the versions the test suite last passed
+# with, so a clean clone installs what CI tested (pytest turns warnings into
+# errors, and a new release's deprecation would otherwise fail a clean build).
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) sandbox-tools
@@ -34,6 +37,17 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Re-resolve the newest versions pyproject.toml allows, in a scratch venv, and
+# pin them; run `make test` before committing the new constraints.txt.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	( echo '# Pinned by make lock: the versions make test last passed with.'; \
+	  .lock-venv/bin/pip freeze --exclude scalesearch ) > constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
