@@ -29,11 +29,33 @@ COMMANDS = {
 }
 
 
+def version_line() -> str:
+    """This install's version and the numerical stack's, for bug reports; read from metadata, so JAX is not imported."""
+    from importlib import metadata
+
+    def of(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    stack = ", ".join(f"{name} {of(name)}" for name in ("jax", "jaxlib", "optax", "numpy", "scipy"))
+    return f"scalesearch {of('scalesearch')} ({stack}; Python {sys.version.split()[0]})"
+
+
+class _Version(argparse.Action):
+    # argparse's own version action wraps the line at the terminal's width; this prints it whole.
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalesearch",
         description="Search model blocks and training strategies, ranked by predicted loss at the target compute.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the versions of scalesearch and its numerical stack")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS.values():
         importlib.import_module(module).add_parser(sub)
