@@ -9,8 +9,12 @@ old one (files in the wild have the old ones applied already).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import pathlib
 import sqlite3
+from collections.abc import Iterator
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -53,6 +57,39 @@ def connect_readonly(path: str | pathlib.Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(f"file:{pathlib.Path(path).resolve()}?mode=ro", uri=True)
     conn.execute("PRAGMA busy_timeout=10000")
     return sqlite_utils.Database(conn)
+
+
+class CampaignBusy(RuntimeError):
+    """Another process is running this campaign."""
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | pathlib.Path) -> Iterator[None]:
+    """Hold the campaign's single-writer lock (``PATH.lock``) for the with-block.
+
+    SQLite keeps two writers' transactions apart, but two ``scalesearch run`` on
+    one campaign would each propose, train and plan from the same state and commit
+    both, doubling the work and breaking the replay from the seed. The lock is
+    flock(2) on a file beside the database (not on the database, whose locks are
+    SQLite's), so the kernel drops it when its holder dies, even on kill -9.
+
+    Raises:
+      CampaignBusy: another process holds it.
+    """
+    lock = pathlib.Path(f"{path}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise CampaignBusy(f"another scalesearch run (pid {holder}) is running the campaign in {path}; "
+                               "wait for it to stop, or stop it (Ctrl-C) and run again to resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 @migrations()

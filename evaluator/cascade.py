@@ -52,6 +52,7 @@ class CascadeConfig:
     min_tokens_per_s: the variable part: a run slower than this is a timeout
       (limit = run_overhead_s + D / min_tokens_per_s).
     early_stopping: how the base run is pruned against the incumbents (None: never).
+    seq_len: the proxies' context length (0: the runner's default).
     """
 
     base: ExperimentPoint = ExperimentPoint(100_000, 500_000)
@@ -59,6 +60,7 @@ class CascadeConfig:
     run_overhead_s: float = 300.0
     min_tokens_per_s: float = 500.0
     early_stopping: EarlyStopping | None = EarlyStopping()
+    seq_len: int = 0
 
     def __post_init__(self):
         if self.smoke_timeout_s <= 0 or self.run_overhead_s <= 0 or self.min_tokens_per_s <= 0:
@@ -169,9 +171,8 @@ class Cascade:
             stopping = {**self.config.early_stopping.to_dict(), "curves": [list(map(list, c)) for c in incumbent_curves]}
         stages = (
             StageSpec("smoke", "smoke", self.config.smoke_timeout_s),
-            StageSpec(
-                "base", "train", self.config.run_timeout_s(point), point.n_params, point.n_tokens, point.seed, stopping
-            ),
+            StageSpec("base", "train", self.config.run_timeout_s(point), point.n_params, point.n_tokens, point.seed,
+                      stopping, self.config.seq_len),
         )
         job = Job(repaired, stages, fingerprint_map(known_fingerprints), name)
         number = self.twins.enter()
@@ -202,7 +203,8 @@ class Cascade:
         self, source: str, point: ExperimentPoint, name: str = "candidate"
     ) -> concurrent.futures.Future[EvalResult]:
         """Stage 3: one more training run at ``point`` for a candidate that passed stage 2."""
-        spec = StageSpec("scaling", "train", self.config.run_timeout_s(point), point.n_params, point.n_tokens, point.seed)
+        spec = StageSpec("scaling", "train", self.config.run_timeout_s(point), point.n_params, point.n_tokens, point.seed,
+                         seq_len=self.config.seq_len)
         return _then(self.executor.submit(Job(source, (spec,), {}, name)), lambda rs: rs[-1])
 
     def scaling_runs(self, source: str, points: Sequence[ExperimentPoint], name: str = "candidate") -> list[EvalResult]:

@@ -36,6 +36,7 @@ class StageSpec:
       seed: training seed.
       early_stopping: ``evaluator.early_stopping.EarlyStopping.to_dict()`` plus the
         incumbents' ``curves`` at this (N, D); None trains to the end.
+      seq_len: context length for a training stage (0: the runner's default).
     """
 
     stage: str
@@ -45,6 +46,7 @@ class StageSpec:
     n_tokens: int = 0
     seed: int = 0
     early_stopping: Mapping[str, Any] | None = None
+    seq_len: int = 0
 
     def __post_init__(self):
         if self.kind not in ("smoke", "train"):

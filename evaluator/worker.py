@@ -85,9 +85,9 @@ def run_stage(runner, job: Job, spec: StageSpec, known: dict[str, str], corpus: 
                 msg["message"] = f"same computation and strategy as {known[fp]} (fingerprint {fp}): not trained again"
         else:
             stopper = make_should_stop(spec.early_stopping, spec.n_tokens)
-            metrics = dict(
-                runner.train_run(job.source, spec.n_params, spec.n_tokens, seed=spec.seed, corpus=corpus, should_stop=stopper)
-            )
+            context = {"seq_len": spec.seq_len} if spec.seq_len else {}  # runners without the argument keep working
+            metrics = dict(runner.train_run(job.source, spec.n_params, spec.n_tokens, seed=spec.seed, corpus=corpus,
+                                            should_stop=stopper, **context))
             status = RUN_STATUS.get(str(metrics.get("status")), Status.ERROR)
             msg["status"] = status.value
             msg["message"] = str(metrics.get("message") or "")

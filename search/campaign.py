@@ -16,7 +16,8 @@ from rich.console import Console
 from db import schema
 from search.cli import INTERRUPTED  # run_campaign's exit code after a Ctrl-C, as the command's
 from search.config import CampaignSpec, SpecError
-from search.loop import Loop, open_campaign
+from search.loop import Loop
+from search.opening import open_campaign
 from search.progress import Progress, ranking_table, summary_text
 from search.propose import MutatorProposer, Proposer, mutator_config
 
@@ -30,7 +31,8 @@ def build_evaluator(spec: CampaignSpec):
         return SimulatedEvaluator(base, workers=workers, delay_s=spec.evaluator.simulate_delay_s)
     from search.evaluate import SandboxEvaluator
 
-    return SandboxEvaluator(base, workers, spec.evaluator.memory_gb, spec.proxies.corpus or None, spec.evaluator.timeout_scale)
+    return SandboxEvaluator(base, workers, spec.evaluator.memory_gb, spec.proxies.corpus or None, spec.evaluator.timeout_scale,
+                            spec.proxies.seq_len)
 
 
 def build_proposer(spec: CampaignSpec) -> Proposer:
@@ -53,15 +55,27 @@ def build_proposer(spec: CampaignSpec) -> Proposer:
 
 def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: Console | None = None,
                  evaluator=None, proposer: Proposer | None = None) -> int:
-    """Run or resume ``spec``'s campaign; prints progress and the final ranking. Returns an exit code."""
+    """Run or resume ``spec``'s campaign; prints progress and the final ranking. Returns an exit code.
+
+    Raises:
+      SpecError: the spec's database folder is missing, or its [proposer] table is wrong.
+      search.opening.CampaignError: the database holds another campaign, or the seed program failed.
+      db.schema.CampaignBusy: another process is running this campaign.
+    """
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     proposer = proposer or build_proposer(spec)  # a bad [proposer] table fails before the database exists
     path = spec.resolve(spec.database)
-    db = schema.connect(path)
-    spec_toml = pathlib.Path(spec.path).read_text() if spec.path else ""
-    created = open_campaign(spec, db, spec_toml)
-    console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}")
-    evaluator = evaluator or build_evaluator(spec)
+    if not path.parent.is_dir():
+        raise SpecError(f"[campaign] database: the folder {path.parent} does not exist; create it, or point database elsewhere")
+    with schema.writer_lock(path):
+        db = schema.connect(path)
+        spec_toml = pathlib.Path(spec.path).read_text() if spec.path else ""
+        created = open_campaign(spec, db, spec_toml)
+        console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}")
+        return _search(spec, db, console, evaluator or build_evaluator(spec), proposer, install_signals)
+
+
+def _search(spec: CampaignSpec, db, console: Console, evaluator, proposer: Proposer, install_signals: bool) -> int:
     console.print(f"evaluator isolation: {evaluator.isolation}; proposer: {type(proposer).__name__}")
     with Progress(db, spec.budget.candidates, console) as progress:
         loop = Loop(spec, db, evaluator, proposer, on_event=progress)
@@ -87,7 +101,8 @@ def _install_sigint(loop: Loop):
     def handler(signum, frame):
         if loop.stopping:
             raise KeyboardInterrupt
-        print("\nstopping: finishing the current commit; Ctrl-C again to abort", file=sys.stderr, flush=True)
+        print("\nstopping: proxies in flight are abandoned (run again to redo them); Ctrl-C again to abort",
+              file=sys.stderr, flush=True)
         loop.stop()
 
     return signal.signal(signal.SIGINT, handler)

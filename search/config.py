@@ -160,13 +160,15 @@ def build_table(cls, table: Mapping[str, Any], where: str):
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         elif default is not None and not isinstance(default, (dict, type(None))) and type(value) is not type(default):
-            raise SpecError(f"[{where}] {key} must be a {type(default).__name__}, got {value!r}")
+            raise SpecError(f"[{where}] {key} must be {_KINDS.get(type(default), type(default).__name__)}, got {value!r}")
         values[key] = value
     try:
         return cls(**values)
     except ValueError as e:
         raise SpecError(f"[{where}]: {e}") from e
 
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list"}
 
 SECTIONS = {"budget": BudgetConfig, "proxies": ProxyConfig, "evaluator": EvaluatorConfig, "population": PopulationConfig}
 
@@ -184,26 +186,49 @@ def parse_spec(data: Mapping[str, Any], path: str = "") -> CampaignSpec:
     nested = {name: build_table(cls, data.get(name, {}), name) for name, cls in SECTIONS.items()}
     spec = build_table(CampaignSpec, campaign, "campaign")
     spec = dataclasses.replace(spec, **nested, proposer=dict(data.get("proposer", {})), path=str(path))
-    _check(spec)
+    check_spec(spec)
     return spec
 
 
-def _check(spec: CampaignSpec) -> None:
+def check_spec(spec: CampaignSpec) -> None:
+    """Raise SpecError for a value no campaign can run with (``parse_spec`` calls it; so must code that edits a spec)."""
     if not (math.isfinite(spec.target_flops) and spec.target_flops > 0):
         raise SpecError(f"[campaign] target_flops must be a positive number of FLOPs, got {spec.target_flops}")
     if not set(spec.evolve) <= {"model", "strategy"} or not spec.evolve:
         raise SpecError(f"[campaign] evolve must list 'model' and/or 'strategy', got {list(spec.evolve)}")
     p = spec.proxies
     if not (0 < p.n_min <= p.n_max and 0 < p.d_min <= p.d_max and p.base_n > 0 and p.base_d > 0):
-        raise SpecError(f"[proxies] needs 0 < n_min <= n_max, 0 < d_min <= d_max and a positive base, got {p}")
+        raise SpecError(f"[proxies] needs 0 < n_min <= n_max, 0 < d_min <= d_max and a positive base, got n {p.n_min:g} "
+                        f"to {p.n_max:g}, d {p.d_min:g} to {p.d_max:g}, base ({p.base_n:g}, {p.base_d:g})")
     if spec.children_per_step < 1:
         raise SpecError("[campaign] children_per_step must be at least 1")
+    _check_ranges(spec)
     from search.judge import pooling  # scipy: imported when a spec is checked, not before
 
     try:
         pooling(spec)  # the fit's own settings, so the check cannot drift from what the campaign fits
     except ValueError as e:
         raise SpecError(f"[campaign] fit_law, fit_varying or fit_departures: {e}") from e
+
+
+def _check_ranges(spec: CampaignSpec) -> None:
+    """Numbers a campaign would otherwise take silently (a negative budget stops it at once) or fail on late."""
+    b, p, e = spec.budget, spec.proxies, spec.evaluator
+    at_least = [("campaign", "inference_tokens", spec.inference_tokens, 0),
+                ("budget", "candidates", b.candidates, 0), ("budget", "proxy_flops", b.proxy_flops, 0),
+                ("budget", "wall_hours", b.wall_hours, 0), ("budget", "llm_tokens", b.llm_tokens, 0),
+                ("proxies", "grid", p.grid, 1), ("proxies", "seq_len", p.seq_len, 1),
+                ("proxies", "runs_per_round", p.runs_per_round, 0),
+                ("evaluator", "workers", e.workers, 0), ("evaluator", "simulate_delay_s", e.simulate_delay_s, 0)]
+    for table, key, value, low in at_least:
+        if not (math.isfinite(value) and value >= low):
+            what = "0 or more (0: no limit)" if table == "budget" else f"at least {low}"
+            raise SpecError(f"[{table}] {key} must be {what}, got {value}")
+    for table, key, value in [("evaluator", "memory_gb", e.memory_gb), ("evaluator", "timeout_scale", e.timeout_scale)]:
+        if not (math.isfinite(value) and value > 0):
+            raise SpecError(f"[{table}] {key} must be positive, got {value}")
+    if not 0 <= p.scaling_fraction <= 1:
+        raise SpecError(f"[proxies] scaling_fraction is a share of the proxy FLOPs, from 0 to 1; got {p.scaling_fraction}")
 
 
 def load_spec(path: str | os.PathLike) -> CampaignSpec:

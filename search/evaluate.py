@@ -38,7 +38,7 @@ class SandboxEvaluator:
     """The real thing: the evaluation cascade on a pool of sandboxed, pinned workers."""
 
     def __init__(self, base: tuple[float, float], workers: int, memory_gb: float, corpus: str | None,
-                 timeout_scale: float = 1.0):
+                 timeout_scale: float = 1.0, seq_len: int = 0):
         from evaluator.cascade import Cascade, CascadeConfig, ExperimentPoint
         from evaluator.executor import LocalExecutor
         from evaluator.sandbox import SandboxConfig
@@ -53,6 +53,7 @@ class SandboxEvaluator:
             smoke_timeout_s=defaults.smoke_timeout_s * timeout_scale,
             run_overhead_s=defaults.run_overhead_s * timeout_scale,
             min_tokens_per_s=defaults.min_tokens_per_s / timeout_scale,
+            seq_len=seq_len,
         )
         self.cascade = Cascade(self.executor, config)
 

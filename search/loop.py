@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,10 +31,11 @@ import numpy as np
 import sqlite_utils
 
 from db import query, record
-from db.rows import Campaign, Program, Prompt, Registration, Run, Stage, Status, Step
+from db.rows import Program, Prompt, Registration, Run, Stage, Status, Step
 from search import judge
 from search.config import CampaignSpec
 from search.evaluate import Evaluator, final_stage, run_result
+from search.opening import CampaignError
 from search.population import Population
 from search.programs import blocks, evolved_length, source_hash
 from search.prompt import Parent
@@ -46,8 +46,8 @@ MAX_EMPTY_STEPS = 20
 Event = Callable[[str, dict[str, Any]], None]
 
 
-class CampaignMismatch(ValueError):
-    """The database holds a different campaign than the spec describes."""
+class NoParents(CampaignError):
+    """No program has passed its base run, so there is nothing to propose from: the seed failed."""
 
 
 def rng_for(seed: int, *purpose: int | str) -> np.random.Generator:
@@ -62,7 +62,7 @@ class Loop:
 
     Args:
       spec: the campaign spec.
-      db: its database (created by ``open_campaign``).
+      db: its database (created by ``search.opening.open_campaign``).
       evaluator: the sandbox (or a simulated one).
       proposer: the language model or the mutator.
       on_event: progress callback ``(kind, info)``.
@@ -120,9 +120,13 @@ class Loop:
             if self.stopping:
                 return "stopped on request; work in flight will be redone on resume"
             if self.out_of_time():
+                if judge.ok_run_count(self.db) != self._fitted_runs:
+                    self.refit(plan=False)  # the runs this invocation finished are ranked before it stops
                 return "wall-time budget reached"
             if pending := query.pending_programs(self.db):
                 self.evaluate_programs(pending)
+            elif not self.population.entries:
+                raise NoParents(self._no_parents())
             elif runs := query.pending_runs(self.db):
                 self.execute_runs(runs)
             elif judge.ok_run_count(self.db) != self._fitted_runs:
@@ -133,6 +137,13 @@ class Loop:
                 return f"the proposer found nothing new in {MAX_EMPTY_STEPS} steps"
             else:
                 self.propose_step()
+
+    def _no_parents(self) -> str:
+        seed = next((p for p in query.programs(self.db) if p.proposer == "seed"), None)
+        why = f"it ended {seed.status}: {seed.message}" if seed and seed.status else "it has no result"
+        return (f"the seed program (program {seed.id if seed else '?'}) did not pass its base run, so the search has no "
+                f"parent; {why}. Check it with `scalesearch eval SEED.py`, then start again with a new database "
+                f"(delete {self.spec.resolve(self.spec.database)}, or set [campaign] database to a new file)")
 
     def _wait(self, futures: Sequence[concurrent.futures.Future]):
         """Results in submission order; returns None if a stop was requested while waiting."""
@@ -268,47 +279,3 @@ class Loop:
     def _parent(self, pid: int, score: float, fit) -> Parent:
         program = query.program(self.db, pid)
         return Parent(pid, program.source, score, program.stage, fit, program.note)
-
-
-# ---------------------------------------------------------------------- opening a campaign
-
-
-def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str, clock=time.time) -> bool:
-    """Create the campaign (seed step with the seed and comparison programs) or check it matches.
-
-    Returns True when it was created. Raises ``CampaignMismatch`` when the
-    database holds another campaign (a different seed or seed program).
-    """
-    existing = query.campaign(db)
-    seed_source = spec.resolve(spec.seed_program).read_text()
-    if existing is not None:
-        seeds = [p for p in query.programs(db) if p.proposer == "seed"]
-        if existing.seed != spec.seed or (seeds and source_hash(seeds[0].source) != source_hash(seed_source)):
-            raise CampaignMismatch(
-                f"{spec.resolve(spec.database)} holds campaign {existing.name!r} with seed {existing.seed} and another "
-                "seed program; use a new database path to start a new campaign"
-            )
-        return False
-    record.create_campaign(db, Campaign(name=spec.name, spec_toml=spec_toml, spec=_spec_json(spec), seed=spec.seed), clock=clock)
-    programs = [Program(source=seed_source, blocks=blocks(seed_source), proposer="seed", island=None,
-                        source_hash=source_hash(seed_source), note="seed program")]
-    for path in spec.compare:
-        text = spec.resolve(path).read_text()
-        programs.append(Program(source=text, blocks=blocks(text), proposer="compare", source_hash=source_hash(text),
-                                note=f"comparison: {path}"))
-    record.record_step(db, Step(proposer="seed"), programs, clock=clock)
-    # The initial design: two corners of the proxy box beside the base run, for
-    # the seed and for every comparison program, so that the first pooled fit has
-    # a slope in N and in D to start from and the yardsticks the ranking is read
-    # against are measured as well as the seed (one base run cannot show a
-    # recipe's data efficiency, which is where recipes differ most).
-    p = spec.proxies
-    corners = [(p.n_max, p.d_min), (p.n_min, p.d_max)]
-    runs = [Run(program_id=prog.id, stage=int(Stage.SCALING), n_target=n, d_target=d, reason="initial design")
-            for prog in query.programs(db) for n, d in corners]
-    record.plan_runs_with_fits(db, [], runs, clock=clock)
-    return True
-
-
-def _spec_json(spec: CampaignSpec) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(spec), default=str))

@@ -233,8 +233,8 @@ def plot_runs_nd(db: sqlite_utils.Database, path: pathlib.Path, k: int = TOP_K) 
         ok = r.status is Status.OK
         colour = colours.get(r.program_id, "0.6")
         label = f"#{r.program_id}" if r.program_id in colours else "other candidates"
-        if not ok:
-            label, colour = "failed run", "black"
+        if not ok:  # a pruned run was stopped early on purpose; any other status is a failure
+            label, colour = ("pruned run", "0.45") if r.status is Status.PRUNED else ("failed run", "black")
         ax.scatter([n], [d], marker="o" if ok else "x", s=30 if r.program_id in colours else 16, color=colour,
                    alpha=0.85, label=None if label in shown else label, zorder=3)
         shown.add(label)

@@ -20,9 +20,12 @@ WARNING = "warning: "
 
 
 def ranking_table(db: sqlite_utils.Database, k: int = 10, title: str = "Ranking by predicted loss at C* (nats/byte)",
-                  width: int = 200) -> Table:
+                  width: int = 200) -> Table | Text:
     """The top-k candidates: predicted loss at C* with its interval, probability best, runs (views.leaderboard_table)."""
-    return leaderboard_table(leaderboard(db, k), title, width=width)
+    rows = leaderboard(db, k)
+    if not rows:  # a header over nothing reads as a bug; say why there is no ranking
+        return Text("no ranking yet: no scaling law has been fitted (a fit needs finished runs)")
+    return leaderboard_table(rows, title, width=width)
 
 
 def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str = "") -> Text:
@@ -43,6 +46,12 @@ def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str
     if message:
         text.append(f"\n{message}", style="yellow")
     return text
+
+
+def short(message: str, limit: int = 200) -> str:
+    """A message's first line, cut at ``limit`` characters with an ellipsis (a log line, not a traceback)."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return first if len(first) <= limit and "\n" not in message.strip() else first[:limit].rstrip() + "…"
 
 
 class Progress:
@@ -81,11 +90,12 @@ class Progress:
         stamp = time.strftime("%H:%M:%S")
         if kind == "candidate":
             loss = f" base loss {info['loss']:.4f}" if info.get("loss") else ""
-            msg = f" ({info['message'][:80]})" if info.get("message") else ""
+            msg = f" ({short(info['message'])})" if info.get("message") else ""
             line = f"program {info['program']}: {info['status']}{loss}{msg}"
         elif kind == "run":
             loss = f"{info['loss']:.4f}" if info.get("loss") else "-"
-            line = f"run {info['run']} (program {info['program']}, N={info['n']}, D={info['d']}): {info['status']} loss {loss}"
+            n, d = (f"{info[k]:,}" if info.get(k) else "-" for k in ("n", "d"))  # None when the run failed before training
+            line = f"run {info['run']} (program {info['program']}, N={n}, D={d}): {info['status']} loss {loss}"
         elif kind == "fit":
             line = f"fit on {info['runs']} runs; {info['planned']} scaling runs planned"
             if info.get("warning"):

@@ -182,7 +182,7 @@ def comparison_view(d: dict[str, Any]) -> RenderableType:
     parts.append(Text(f"nearest common ancestor: {g(d['common_ancestor'])}"))
     if d["shared_runs"]:
         runs = Table(title="Runs at the same (N, D, seed)", title_justify="left")
-        for name in ("N", "D", "seed", f"loss {a['id']}", f"loss {b['id']}", "difference"):
+        for name in ("N", "D", "seed", f"loss {a['id']}", f"loss {b['id']}", f"{b['id']} - {a['id']}"):
             runs.add_column(name, justify="right")
         for r in d["shared_runs"]:
             runs.add_row(g(r["n"]), g(r["d"]), str(r["seed"]), loss(r["loss_a"]), loss(r["loss_b"]), f"{r['delta']:+.4f}")

@@ -30,13 +30,15 @@ def run(args: argparse.Namespace) -> int:
     from db import query
     from db.record import NotFoundError
     from search import export, inspection
+    from search.commands import check_out_folder
 
     try:
         db = inspection.open_readonly(args.db)
         campaign = query.campaign(db)
-        target = args.target_flops or (campaign.spec.get("target_flops") if campaign else None)
-        if not target:
+        target = args.target_flops if args.target_flops is not None else (campaign.spec.get("target_flops") if campaign else None)
+        if target is None:
             raise export.ExportError("give --target-flops (the campaign has no target compute)")
+        check_out_folder(args.out)
         result = export.export(db, args.id, float(target), args.out, inference_tokens=args.inference_tokens,
                                db_path=args.db)
         check = export.verify(result) if args.verify else None

@@ -25,8 +25,15 @@ def run(args: argparse.Namespace) -> int:
     if spec.exists():
         print(f"scalesearch init: {spec} exists; choose another folder or edit it", file=sys.stderr)
         return 2
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "seed.py").write_text(seed_source(args.seed_program))
-    spec.write_text(SPEC_TEMPLATE.format(name=root.resolve().name, spec_name=spec))
+    if root.exists() and not root.is_dir():
+        print(f"scalesearch init: {root} is a file; give a folder to create (it will hold campaign.toml)", file=sys.stderr)
+        return 2
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "seed.py").write_text(seed_source(args.seed_program))
+        spec.write_text(SPEC_TEMPLATE.format(name=root.resolve().name, spec_name=spec))
+    except OSError as e:
+        print(f"scalesearch init: cannot write into {root}: {e.strerror}", file=sys.stderr)
+        return 2
     print(f"wrote {spec} and {root / 'seed.py'} ({args.seed_program} recipe)\nnext: scalesearch run {spec}")
     return 0

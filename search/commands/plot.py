@@ -17,9 +17,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from search import inspection, plots
+    from search.commands import check_out_folder
 
     try:
         db = inspection.open_readonly(args.db)
+        check_out_folder(args.out)
         paths = plots.plot_campaign(db, args.out, k=max(1, args.k))
     except (inspection.CampaignFileError, OSError) as e:
         print(f"scalesearch plot: {e}", file=sys.stderr)

@@ -9,7 +9,7 @@ import sys
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("run", help="run (or resume) the campaign a spec describes")
     p.add_argument("spec", help="campaign spec (TOML), as written by `scalesearch init`")
-    p.add_argument("--candidates", type=int, help="override [budget] candidates")
+    p.add_argument("--candidates", type=int, help="override [budget] candidates (0: no limit)")
     p.add_argument("--simulate", action="store_true", help="synthetic losses instead of training (a dry run)")
     p.set_defaults(run=run)
 
@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from search.campaign import run_campaign
-    from search.config import SpecError, load_spec
+    from db.schema import CampaignBusy
+    from search.config import SpecError, check_spec, load_spec
+    from search.opening import CampaignError
 
     try:
         spec = load_spec(args.spec)
@@ -26,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
             spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, candidates=args.candidates))
         if args.simulate:
             spec = dataclasses.replace(spec, evaluator=dataclasses.replace(spec.evaluator, simulate=True))
+        check_spec(spec)
         return run_campaign(spec, install_signals=True)
-    except (SpecError, FileNotFoundError) as e:
+    except (SpecError, FileNotFoundError, CampaignError, CampaignBusy) as e:
         print(f"scalesearch run: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ def smoke(source: str) -> dict:
     }
 
 
-def train_run(source, n_params, n_tokens, seed=0, corpus=None, should_stop=None) -> dict:
+def train_run(source, n_params, n_tokens, seed=0, corpus=None, should_stop=None, seq_len=None) -> dict:
     program = load_program(source)
     hp = resolve_hyperparameters(program, int(n_params), int(n_tokens))
     lr = hp["learning_rate"]
@@ -85,4 +85,5 @@ def train_run(source, n_params, n_tokens, seed=0, corpus=None, should_stop=None)
         "train_s": 0.0,
         "wall_s": 0.0,
         "hyperparameters": hp,
+        "seq_len": seq_len,  # None: the caller left the runner's default
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -79,6 +80,16 @@ def test_scaling_runs_come_back_in_order(cascade):
     assert [r.stage for r in results] == ["scaling", "scaling"]
     assert [r.metrics["n_params"] for r in results] == [2000, 4000]
     assert all(r.ok for r in results)
+
+
+def test_the_context_length_reaches_every_training_stage_and_only_when_set(fake_pool):
+    cascade = Cascade(fake_pool, dataclasses.replace(CONFIG, seq_len=64, early_stopping=None))
+    outcome = cascade.evaluate(fake_program(lr="3.5e-3"))
+    scaling = cascade.scaling_runs(fake_program(lr="3.5e-3"), [ExperimentPoint(2000, 200_000)])
+    assert outcome.stage("base").metrics["seq_len"] == 64 and scaling[0].metrics["seq_len"] == 64
+    # The default passes nothing, so a runner without the argument keeps working.
+    default = Cascade(fake_pool, CONFIG).scaling_runs(fake_program(lr="3.5e-3"), [ExperimentPoint(2000, 200_000)])
+    assert default[0].metrics["seq_len"] is None
 
 
 def test_ten_candidates_on_two_workers_come_back_with_the_right_statuses(fake_pool, incumbent):

@@ -263,6 +263,10 @@ obj.schedule = schedule
 
 def test_exporting_a_failed_program_or_a_bad_budget_is_refused(tmp_path, capsys):
     for argv, message in ((["6"], "ended with status invalid"), (["5", "--target-flops", "-1"], "positive"),
+                          (["5", "--target-flops", "0"], "positive"),  # not the campaign's C* in disguise
                           (["99"], "no program 99")):
         assert main(["export", str(campaign_path()), *argv, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["export", str(campaign_path()), "5", "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -104,7 +104,8 @@ def test_every_command_prints_text_and_json(capsys, path):
     out = capsys.readouterr().out
     assert "diff against its parent" in out and "Lineage" in out and "EVOLVE-BLOCK-START" in out
     assert main(["compare", str(path), "4", "5"]) == 0
-    assert "predicted better at C*" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "predicted better at C*" in out and "5 - 4" in out  # which way the runs' difference is taken
     for argv in (["status", str(path), "--json"], ["show", str(path), "5", "--json"],
                  ["compare", str(path), "1", "5", "--json"]):
         assert isinstance(_json(capsys, argv), dict)
@@ -117,7 +118,8 @@ def test_mistakes_exit_2_with_a_message(capsys, path, tmp_path):
                           (["status", str(not_db)], "not a SQLite database"),
                           (["show", str(path), "99"], "no program 99"),
                           (["compare", str(path), "1", "99"], "no program 99"),
-                          (["top", str(path), "-k", "0"], "at least 1")):
+                          (["top", str(path), "-k", "0"], "at least 1"),
+                          (["plot", str(path), "--out", str(not_db)], "is a file, not a folder")):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "missing.sqlite").exists()  # inspecting never creates a database

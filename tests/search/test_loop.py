@@ -14,8 +14,10 @@ import pytest
 from db import query, schema
 from db.rows import Stage
 from proxy_models.program import seed_source
+from search import judge
 from search.config import SPEC_TEMPLATE, load_spec
-from search.loop import Loop, open_campaign
+from search.loop import Loop
+from search.opening import open_campaign
 from search.propose import MutatorProposer
 from evaluator.result import Status
 from search.simulate import SimulatedEvaluator
@@ -113,6 +115,22 @@ def test_budgets_stop_the_run(tmp_path):
     ticks = iter(range(0, 10**6, 600))  # each look at the clock is ten minutes later
     reason, db = run_loop(spec, monotonic=lambda: next(ticks))
     assert reason == "wall-time budget reached"
+
+
+def test_the_wall_time_budget_ranks_the_runs_it_finished_before_it_stops(tmp_path):
+    spec = make_spec(tmp_path / "w", candidates=0)
+    spec = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, wall_hours=1.0))
+    late = []  # the clock jumps past the budget once the initial design's runs are done
+
+    def on_event(kind, info):
+        if kind == "run":
+            late.append(True)
+
+    reason, db = run_loop(spec, on_event=on_event, monotonic=lambda: 7200.0 if len(late) >= 4 else 0.0)
+    assert reason == "wall-time budget reached"
+    assert query.latest_pooled_runs(db) == judge.ok_run_count(db) == 6  # 2 base runs + 4 initial-design runs
+    assert len(query.best_candidates(db)) == 2
+    assert not query.pending_runs(db)  # the last fit plans nothing it will not run
 
 
 def test_stop_commits_whole_results_and_resume_finishes(tmp_path):

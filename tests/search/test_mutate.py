@@ -287,7 +287,7 @@ def test_the_proposer_table_configures_the_mutator():
     assert weights["learning_rate"] == dict(mutate.DEFAULT_EDIT_WEIGHTS)["learning_rate"]  # defaults kept
     assert mutator_config({}) == mutate.MutatorConfig()
     for bad, message in (({"mutator": {"crossover": 1}}, "unknown key(s) ['crossover']"),
-                         ({"max_edits": "3"}, "max_edits must be a int"),
+                         ({"max_edits": "3"}, "max_edits must be an integer"),
                          ({"edit_weights": [1, 2]}, "must be a table"),
                          ({"edit_weights": {"nope": 1}}, "unknown mutator edit(s) ['nope']")):
         with pytest.raises(ValueError, match=re.escape(message)):
