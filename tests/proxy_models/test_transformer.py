@@ -8,6 +8,7 @@ import pytest
 from proxy_models import transformer
 from proxy_models.config import ModelConfig
 from proxy_models.program import load_program, seed_source
+from proxy_models.run import train_run
 
 CFG = ModelConfig(d_model=64, n_layers=3, n_heads=1, seq_len=32)
 
@@ -65,7 +66,18 @@ def test_tied_and_learned_positions_run(reference, batch):
     params = transformer.init_model(reference, cfg, jax.random.key(0))
     assert "unembed" not in params and params["positions"].shape == (32, 64)
     _, ce = transformer.loss_fn(reference, cfg, params, batch, 0.0, 0.0)
-    assert abs(float(ce) - np.log(256)) < 0.5
+    # Not near ln 256: the tied readout sees each input byte's own embedding, whose logit is sqrt(D).
+    assert np.log(256) < float(ce) < np.log(256) + np.sqrt(64)
+
+
+@pytest.mark.slow
+def test_a_tied_readout_learns_about_as_fast_as_an_untied_one():
+    # With muP's 1/D readout and the programs' plain Adam it learnt D times slower:
+    # 5.09 against 2.65 nats/byte here, so the tied_embeddings edit was always pruned.
+    untied = seed_source("reference")
+    tied = untied + '\n\ndef model_options(cfg):\n    return {"tie_embeddings": True}\n'
+    losses = [train_run(source, 5e4, 2e5)["val_loss"] for source in (tied, untied)]
+    assert losses[0] - losses[1] < 1.0  # 0.57 measured with T5's 1/sqrt(D)
 
 
 SHAPE_CHANGER = seed_source("reference").replace("    return x\n# EVOLVE-BLOCK-END", "    return x[..., :-1]\n# EVOLVE-BLOCK-END", 1)
