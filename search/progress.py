@@ -50,8 +50,9 @@ def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str
 
 def short(message: str, limit: int = 200) -> str:
     """A message's first line, cut at ``limit`` characters with an ellipsis (a log line, not a traceback)."""
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    return first if len(first) <= limit and "\n" not in message.strip() else first[:limit].rstrip() + "…"
+    text = message.strip()
+    first = text.split("\n", 1)[0]
+    return first if first == text and len(first) <= limit else first[:limit].rstrip() + "…"
 
 
 class Progress:

@@ -6,6 +6,7 @@ import argparse
 import pathlib
 import sys
 
+from search.commands import check_out_folder
 from search.config import SPEC_TEMPLATE
 
 
@@ -25,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
     if spec.exists():
         print(f"scalesearch init: {spec} exists; choose another folder or edit it", file=sys.stderr)
         return 2
-    if root.exists() and not root.is_dir():
-        print(f"scalesearch init: {root} is a file; give a folder to create (it will hold campaign.toml)", file=sys.stderr)
+    try:
+        check_out_folder(args.dir, "DIR")
+    except NotADirectoryError as e:
+        print(f"scalesearch init: {e}", file=sys.stderr)
         return 2
     try:
         root.mkdir(parents=True, exist_ok=True)

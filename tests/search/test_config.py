@@ -52,3 +52,11 @@ def test_a_database_in_a_missing_folder_is_refused_with_what_to_do(tmp_path, cap
     path = _spec(tmp_path, 'database = "campaign.sqlite"', 'database = "nodir/campaign.sqlite"')
     assert main(["run", str(path)]) == 2
     assert "the folder" in capsys.readouterr().err and not (tmp_path / "nodir").exists()
+
+
+def test_init_into_a_file_or_an_unwritable_place_is_a_message_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert main(["init", str(tmp_path / "a-file")]) == 2
+    assert "DIR" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == ""
+    assert main(["init", "/proc/scalesearch-cannot-be-here"]) == 2
+    assert "cannot write into" in capsys.readouterr().err
