@@ -1,11 +1,14 @@
 """Benchmark: active learning against grid and random designs on simulated campaigns, at equal FLOPs.
 
 Run `python -m active_learning.bench [--quick] [--repeats R] [--workers W] [--seed S] [--max-seeds M]
-[--prediction-weight W] [--departures centred|natural|learned] [--known-prior] [--oracle]`.
+[--pool box|ratios] [--prediction-weight W] [--departures centred|natural|learned] [--known-prior] [--oracle]`.
 
 Each repeat simulates a campaign of K = 8 candidates whose true laws cross (the
 best at the base run is not the best at C*), with 1% log-normal seed noise on
-every run. Every design sees the same truths and the same noise: run j of
+every run. Every design draws from the same pool, the 5 by 5 grid of N and D spanning the
+box from the smallest proxy (N 1e7, D 5e7) to the largest (N 1.6e8, D 1.28e10), as a
+campaign's does (`--pool ratios` keeps each N at D/N 5 to 80 instead, the band earlier
+versions used). Every design sees the same truths and the same noise: run j of
 candidate k at pool point m always draws the same noise, whichever design asks
 for it. Every design starts from the same base run per candidate, is fitted with
 the same pooled model, and is scored at the same FLOP budgets (fractions of the
@@ -76,7 +79,15 @@ class BenchConfig:
       n_sizes: pool sizes N, log-spaced in [n_min, n_max].
       n_min: smallest proxy N.
       n_max: largest proxy N.
-      tokens_per_param: pool D/N ratios.
+      pool_shape: "box", the product of n_sizes N by d_sizes D log-spaced between the smallest proxy's
+        D (n_min times the smallest ratio) and the largest's (n_max times the largest): the box a
+        campaign plans in (search/config.py's ProxyConfig.pool), bounded by the smallest and largest
+        affordable proxies; or "ratios", each N at each of tokens_per_param, the band along the
+        diagonal earlier versions measured (--pool ratios reproduces them). At the defaults both
+        hold 25 points per candidate and cost the same FLOPs (6 sum(N) sum(D) for the box, 6 sum(N^2)
+        sum(D/N) for the band: N doubles where D quadruples), with the same largest run and C*.
+      d_sizes: pool D values in the box.
+      tokens_per_param: D/N ratios: the ratio pool's, and the box's D range (smallest and largest).
       base_ratio: D/N of each candidate's base run (at n_min).
       target_multiple: C* as a multiple of the largest pool run's FLOPs.
       noise: seed-to-seed noise, sd of log loss.
@@ -84,8 +95,8 @@ class BenchConfig:
         (log E, log A, log B, alpha, beta).
       min_margin: the true best must beat the runner-up at C* by this relative margin.
       budgets: FLOP budgets at which designs are scored, as fractions of the full grid. 0.4 is
-        there because the best design reaches the grid's error between 0.3 and 0.5 (about 0.36,
-        oracle.py): without it, a design that needs 0.4 reads as needing 0.5.
+        there because on the ratio pool the best design reaches the grid's error between 0.3 and
+        0.5 (about 0.36, oracle.py): without it, a design that needs 0.4 reads as needing 0.5.
       al_steps: cumulative budgets at which active learning refits and chooses again.
       repeats: simulated campaigns.
       pooling: the fit every design uses.
@@ -103,6 +114,8 @@ class BenchConfig:
     n_sizes: int = 5
     n_min: float = 1e7
     n_max: float = 1.6e8
+    pool_shape: str = "box"
+    d_sizes: int = 5
     tokens_per_param: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0, 80.0)
     base_ratio: float = 20.0
     target_multiple: float = 100.0
@@ -117,8 +130,13 @@ class BenchConfig:
     al_prediction_weight: float = 0.25
 
     def pool(self) -> list[tuple[float, float]]:
-        return [(float(n), float(n * r)) for n in np.geomspace(self.n_min, self.n_max, self.n_sizes)
-                for r in self.tokens_per_param]
+        sizes = np.geomspace(self.n_min, self.n_max, self.n_sizes)
+        if self.pool_shape == "ratios":
+            return [(float(n), float(n * r)) for n in sizes for r in self.tokens_per_param]
+        tokens = np.geomspace(self.n_min * min(self.tokens_per_param), self.n_max * max(self.tokens_per_param),
+                              self.d_sizes)
+        # Rounded to 12 digits so that the base run's D (n_min times base_ratio) is a pool point, not a neighbour.
+        return [(float(n), float(f"{d:.12g}")) for n in sizes for d in tokens]
 
     @property
     def base_point(self) -> tuple[float, float]:
@@ -399,11 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "natural parameters, as the simulator draws them")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
+    parser.add_argument("--pool", choices=("box", "ratios"), default="box",
+                        help="pool points: the box of N by D a campaign plans in (default), or each N at "
+                             "D/N 5 to 80, the band earlier versions measured")
     parser.add_argument("--known-prior", action="store_true",
                         help="fit every design with the simulator's hyperparameters pinned (departures' spread "
                              "in the natural parameters, seed noise): what learning them costs")
     args = parser.parse_args(argv)
-    cfg = BenchConfig()
+    cfg = BenchConfig(pool_shape=args.pool)
     if args.quick:
         cfg = dataclasses.replace(cfg, repeats=6, budgets=(0.1, 0.3, 1.0),
                                   al_steps=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0))

@@ -123,3 +123,17 @@ def test_the_known_prior_pins_the_simulators_hyperparameters():
 def test_the_known_prior_fixes_the_frame_so_departures_cannot_be_given_too():
     with pytest.raises(SystemExit):
         bench.main(["--known-prior", "--departures", "centred"])
+
+
+def test_the_box_pool_spans_the_smallest_to_the_largest_proxy_at_the_ratio_pools_cost():
+    box, ratios = bench.BenchConfig(), bench.BenchConfig(pool_shape="ratios")
+    n = sorted({p[0] for p in box.pool()})
+    d = sorted({p[1] for p in box.pool()})
+    assert len(box.pool()) == len(n) * len(d) == len(ratios.pool())  # every N with every D
+    smallest, largest = min(ratios.pool(), key=lambda p: p[0] * p[1]), max(ratios.pool(), key=lambda p: p[0] * p[1])
+    assert (n[0], d[0]) == pytest.approx(smallest) and (n[-1], d[-1]) == pytest.approx(largest)
+    assert box.base_point in box.pool()
+    # 6 sum(N) sum(D) both ways at 5 by 5: the comparison's FLOPs and C* do not move with the pool's shape.
+    assert box.grid_flops == pytest.approx(ratios.grid_flops) and box.target_flops == pytest.approx(ratios.target_flops)
+    assert any(dd / nn < min(box.tokens_per_param) for nn, dd in box.pool())  # the box has corners the band lacks
+    assert all(min(ratios.tokens_per_param) <= dd / nn * (1 + 1e-9) for nn, dd in ratios.pool())
