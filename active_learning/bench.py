@@ -129,6 +129,10 @@ class BenchConfig:
     al_max_seeds: int = 4
     al_prediction_weight: float = 0.25
 
+    def __post_init__(self) -> None:
+        if self.pool_shape not in ("box", "ratios"):
+            raise ValueError(f"pool_shape must be 'box' or 'ratios', got {self.pool_shape!r}")
+
     def pool(self) -> list[tuple[float, float]]:
         sizes = np.geomspace(self.n_min, self.n_max, self.n_sizes)
         if self.pool_shape == "ratios":
@@ -385,6 +389,7 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),
         "grid_full_mare": grid_error,
         "repeats": len(results),
+        "pool": cfg.pool_shape,
         "target_flops": cfg.target_flops,
         "grid_flops": cfg.grid_flops,
     } | bounds

@@ -23,6 +23,7 @@ def test_one_small_campaign_scores_every_design_and_summarises():
     summary = bench.summarise(cfg, [result])
     for key in ("al_flops_fraction_to_match_grid", "al_pick_rate", "small_scale_pick_rate"):
         assert key in summary
+    assert summary["pool"] == "box"
     lo, hi = summary["al_pick_rate_interval"]
     assert lo <= summary["al_pick_rate"] <= hi
 
@@ -137,3 +138,8 @@ def test_the_box_pool_spans_the_smallest_to_the_largest_proxy_at_the_ratio_pools
     assert box.grid_flops == pytest.approx(ratios.grid_flops) and box.target_flops == pytest.approx(ratios.target_flops)
     assert any(dd / nn < min(box.tokens_per_param) for nn, dd in box.pool())  # the box has corners the band lacks
     assert all(min(ratios.tokens_per_param) <= dd / nn * (1 + 1e-9) for nn, dd in ratios.pool())
+
+
+def test_an_unknown_pool_shape_is_refused():
+    with pytest.raises(ValueError, match="pool_shape"):
+        bench.BenchConfig(pool_shape="diagonal")
