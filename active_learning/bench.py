@@ -68,6 +68,7 @@ from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Obs
 
 
 NOISE_DRAWS = 16  # independent seeds per (candidate, point); a 17th run would repeat the first's noise
+POOL_SHAPES = ("box", "ratios")  # BenchConfig.pool_shape's values, and --pool's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +131,8 @@ class BenchConfig:
     al_prediction_weight: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.pool_shape not in ("box", "ratios"):
-            raise ValueError(f"pool_shape must be 'box' or 'ratios', got {self.pool_shape!r}")
+        if self.pool_shape not in POOL_SHAPES:
+            raise ValueError(f"pool_shape must be one of {POOL_SHAPES}, got {self.pool_shape!r}")
 
     def pool(self) -> list[tuple[float, float]]:
         sizes = np.geomspace(self.n_min, self.n_max, self.n_sizes)
@@ -422,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "natural parameters, as the simulator draws them")
     parser.add_argument("--prediction-weight", type=float, default=None,
                         help="active learning's weight of prediction error against the decision (default 0.25)")
-    parser.add_argument("--pool", choices=("box", "ratios"), default="box",
+    parser.add_argument("--pool", choices=POOL_SHAPES, default=BenchConfig.pool_shape,
                         help="pool points: the box of N by D a campaign plans in (default), or each N at "
                              "D/N 5 to 80, the band earlier versions measured")
     parser.add_argument("--known-prior", action="store_true",
