@@ -14,7 +14,7 @@ import sqlite_utils
 
 from db import rows
 from db.record import NotFoundError
-from db.rows import Campaign, Failure, Fit, Program, Registration, Run, Stage, State, Status
+from db.rows import Campaign, Failure, Fit, Invocation, Program, Registration, Run, Stage, State, Status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,28 @@ def campaign(db: sqlite_utils.Database) -> Campaign | None:
     """The campaign stored in this file, or None for a fresh file."""
     found = list(db["campaign"].rows_where("id = 1"))
     return rows.from_row(Campaign, found[0]) if found else None
+
+
+def invocations(db: sqlite_utils.Database) -> list[Invocation]:
+    """Every ``scalesearch run`` of the campaign, oldest first (none in files from before they were recorded).
+
+    A file opened read-only is not migrated, so an old one may lack the table.
+    """
+    if not db["invocations"].exists():
+        return []
+    return _records(Invocation, db["invocations"].rows_where(order_by="id"))
+
+
+def current_spec(db: sqlite_utils.Database) -> dict:
+    """The spec the campaign runs (or last ran) under: the newest invocation's, else the one it was created with.
+
+    They differ only in what a resume may change (budgets, workers, the proposer).
+    """
+    found = invocations(db)
+    if found:
+        return found[-1].spec
+    stored = campaign(db)
+    return stored.spec if stored else {}
 
 
 def program(db: sqlite_utils.Database, program_id: int) -> Program:

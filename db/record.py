@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 import sqlite_utils
 
 from db import rows
-from db.rows import Campaign, Fit, Program, Prompt, ProposerCall, Registration, Run, RunResult, State, Status, Step
+from db.rows import (Campaign, Fit, Invocation, Program, Prompt, ProposerCall, Registration, Run, RunResult, State,
+                     Status, Step)
 
 Clock = Callable[[], float]
 
@@ -101,6 +102,14 @@ def create_campaign(db: sqlite_utils.Database, campaign: Campaign, *, clock: Clo
         record = dataclasses.replace(campaign, created=clock(), id=1)
         db["campaign"].insert(rows.to_row(record), pk="id")
     return _stored(record)
+
+
+def record_invocation(db: sqlite_utils.Database, invocation: Invocation, *, clock: Clock = time.time) -> Invocation:
+    """Store one ``scalesearch run`` of the campaign (the spec it runs with); returns it with its id."""
+    with db.atomic():
+        record = dataclasses.replace(invocation, created=clock(), id=None)
+        pk = _insert(db, "invocations", record)
+    return _stored(dataclasses.replace(record, id=pk))
 
 
 def record_program(db: sqlite_utils.Database, program: Program, *, clock: Clock = time.time) -> Program:

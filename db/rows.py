@@ -412,3 +412,25 @@ class Step:
     message: str = ""
     created: float | None = None
     id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """One ``scalesearch run`` of the campaign: the spec it ran with, and what it changed.
+
+    The campaign row keeps the spec the campaign was created with; a resume may change
+    the settings opening.RESUMABLE names (budgets, workers, the proposer), so each
+    invocation records its own, and ``status`` reads the newest.
+
+    Attributes:
+      spec_toml: the spec exactly as the user wrote it for this invocation.
+      spec: the parsed spec.
+      changes: "key: old -> new" for each setting that differs from the previous invocation's.
+      created, id: as elsewhere (created: when the invocation started).
+    """
+
+    spec_toml: str
+    spec: dict = _json(default_factory=dict)
+    changes: tuple[str, ...] = _json(default=())
+    created: float | None = None
+    id: int | None = None

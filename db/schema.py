@@ -21,7 +21,8 @@ from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("scalesearch")
 
-TABLES = ("campaign", "programs", "runs", "fits", "prompts", "proposer_calls", "registrations", "steps")
+TABLES = ("campaign", "programs", "runs", "fits", "prompts", "proposer_calls", "registrations", "steps",
+          "invocations")
 
 
 def connect(path: str | pathlib.Path, *, check_same_thread: bool = True) -> sqlite_utils.Database:
@@ -250,3 +251,14 @@ def m008_steps(db: sqlite_utils.Database) -> None:
         foreign_keys=[("prompt_id", "prompts", "id")],
     )
     db["programs"].add_column("step_id", int)
+
+
+@migrations()
+def m009_invocations(db: sqlite_utils.Database) -> None:
+    # One row per `scalesearch run`: a resume may change the budgets, workers or
+    # proposer, and status must show the limits the campaign now runs under.
+    db["invocations"].create(
+        {"id": int, "spec_toml": str, "spec": str, "changes": str, "created": float},
+        pk="id",
+        not_null={"spec_toml", "spec"},
+    )

@@ -13,7 +13,7 @@ import time
 
 from rich.console import Console
 
-from db import schema
+from db import query, schema
 from search.cli import INTERRUPTED  # run_campaign's exit code after a Ctrl-C, as the command's
 from search.config import CampaignSpec, SpecError
 from search.loop import Loop
@@ -71,7 +71,9 @@ def run_campaign(spec: CampaignSpec, *, install_signals: bool = False, console: 
         db = schema.connect(path)
         spec_toml = pathlib.Path(spec.path).read_text() if spec.path else ""
         created = open_campaign(spec, db, spec_toml)
-        console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}")
+        changes = () if created else query.invocations(db)[-1].changes
+        console.print(f"{'created' if created else 'resuming'} campaign {spec.name!r} in {path}"
+                      + (f" (changed: {'; '.join(changes)})" if changes else ""), markup=False)
         return _search(spec, db, console, evaluator or build_evaluator(spec), proposer, install_signals)
 
 

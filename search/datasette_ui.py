@@ -36,6 +36,8 @@ TABLES: dict[str, str] = {
     "proposer_calls": "Every proposer call: model, tokens in and out, latency, outcome, cost.",
     "registrations": "The programs database's log (islands and scores) in order; replaying it rebuilds the islands.",
     "steps": "Search steps: the island and parents sampled, who proposed, how many children.",
+    "invocations": "Every `scalesearch run` of the campaign: the spec it ran with (a resume may change budgets, "
+                   "workers and the proposer) and what it changed (changes, JSON).",
 }
 COLUMNS: dict[str, dict[str, str]] = {
     "runs": {"stage": "2 = base run, 3 = scaling run chosen by active learning", "n_target": "N asked for",

@@ -53,8 +53,8 @@ def open_readonly(path: str | pathlib.Path) -> sqlite_utils.Database:
 
 
 def _spec(db: sqlite_utils.Database) -> dict[str, Any]:
-    campaign = query.campaign(db)
-    return campaign.spec if campaign else {}
+    """The spec the campaign runs under now (a resume may have changed its budgets or proposer)."""
+    return query.current_spec(db)
 
 
 def fit_dict(fit: Fit | None) -> dict[str, Any] | None:
@@ -106,7 +106,7 @@ def _budgets(spec: dict, spent: query.Spent, elapsed_h: float) -> list[dict[str,
     limits = spec.get("budget", {})
     rows = [{"name": name, "what": what, "limit": limits.get(name) or None, "spent": read(spent)}
             for name, (what, read) in BUDGETS.items()]
-    rows.append({"name": "wall_hours", "what": "hours elapsed (limit: per `run`)",
+    rows.append({"name": "wall_hours", "what": "hours of the latest `run` (limit: per `run`)",
                  "limit": limits.get("wall_hours") or None, "spent": elapsed_h})
     for row in rows:
         row["fraction"] = row["spent"] / row["limit"] if row["limit"] else None
@@ -126,6 +126,9 @@ def campaign_status(db: sqlite_utils.Database, top: int = TOP_IN_STATUS) -> dict
     last = _last_activity(db)
     created = campaign.created if campaign and campaign.created else last
     rounds = query.fit_rounds(db)
+    invocations = query.invocations(db)
+    # wall_hours limits each `run`: count from the latest one's start (from creation in files without the record).
+    started = invocations[-1].created if invocations else created
     return {
         "campaign": {"name": campaign.name if campaign else None, "seed": campaign.seed if campaign else None,
                      "created": created, "last_activity": last, "target_flops": spec.get("target_flops"),
@@ -135,7 +138,9 @@ def campaign_status(db: sqlite_utils.Database, top: int = TOP_IN_STATUS) -> dict
         "recent_failures": [dataclasses.asdict(f) | {"status": str(f.status)}
                             for f in query.failures(db, limit=RECENT_FAILURES)],
         "spent": dataclasses.asdict(spent),
-        "budgets": _budgets(spec, spent, ((last or 0) - (created or 0)) / 3600.0),
+        "budgets": _budgets(spec, spent, max((last or 0) - (started or 0), 0.0) / 3600.0),
+        "invocations": {"count": len(invocations), "latest": invocations[-1].created if invocations else None,
+                        "changes": list(invocations[-1].changes) if invocations else []},
         "fit_rounds": len(rounds),
         "top": leaderboard(db, top),
     }

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 import sqlite_utils
 
 from db import query, record
-from db.rows import Campaign, Program, Run, Stage, Step
+from db.rows import Campaign, Invocation, Program, Run, Stage, Step
 from search.config import CampaignSpec
 from search.programs import blocks, source_hash
 
@@ -40,7 +40,11 @@ RESUMABLE = ("path", "database", "seed_program", "compare", "budget", "proposer"
 
 
 def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str, clock=time.time) -> bool:
-    """Create the campaign (seed step with the seed and comparison programs) or check it matches.
+    """Create the campaign (seed step with the seed and comparison programs) or check it matches; record the run.
+
+    Every invocation is recorded with its spec (db.rows.Invocation), so a resume that
+    extends a budget or changes the proposer leaves a trace, and ``status`` reads the
+    limits the campaign now runs under.
 
     Creation is one transaction, so a spec that fails half-way (a comparison
     program that cannot be read) leaves the file without a campaign, and the next
@@ -62,6 +66,8 @@ def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str,
                 + "; ".join(differences)
                 + ". Restore those settings to resume it, or set [campaign] database to a new file to start a new campaign"
             )
+        changes = tuple(resumed_changes(query.current_spec(db), spec_json(spec)))
+        record.record_invocation(db, Invocation(spec_toml=spec_toml, spec=spec_json(spec), changes=changes), clock=clock)
         return False
     seed_source = _read(spec, spec.seed_program, "seed_program")
     programs = [Program(source=seed_source, blocks=blocks(seed_source), proposer="seed", island=None,
@@ -73,6 +79,7 @@ def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str,
     with db.atomic():  # the record functions' transactions become savepoints of this one
         record.create_campaign(db, Campaign(name=spec.name, spec_toml=spec_toml, spec=spec_json(spec), seed=spec.seed),
                                clock=clock)
+        record.record_invocation(db, Invocation(spec_toml=spec_toml, spec=spec_json(spec)), clock=clock)
         record.record_step(db, Step(proposer="seed"), programs, clock=clock)
         record.plan_runs_with_fits(db, [], initial_design(spec, query.programs(db)), clock=clock)
     return True
@@ -94,6 +101,14 @@ def initial_design(spec: CampaignSpec, programs: list[Program]) -> list[Run]:
 def spec_json(spec: CampaignSpec) -> dict:
     """The spec as the database stores it (JSON: tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(spec), default=str))
+
+
+def resumed_changes(previous: Mapping, current: Mapping) -> Iterator[str]:
+    """'key: X -> Y' for each setting a resume may change (RESUMABLE) that differs from the previous invocation's."""
+    old, new = (_flatten(json.loads(json.dumps(d, default=str))) for d in (previous, current))
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key) and any(key == r or key.startswith(r + ".") for r in RESUMABLE):
+            yield f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
 
 
 def spec_differences(stored: Mapping, current: Mapping) -> Iterator[str]:

@@ -75,6 +75,15 @@ def _budget_table(budgets: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def _invocations_line(invocations: dict[str, Any] | None) -> str:
+    """'; run N times, the latest started T (changed: ...)', or '' for files without the record."""
+    if not invocations or not invocations["count"]:
+        return ""
+    changed = f" (changed {'; '.join(invocations['changes'])})" if invocations["changes"] else ""
+    times = "once" if invocations["count"] == 1 else f"{invocations['count']} times"
+    return f"\nrun {times}, the latest started {when(invocations['latest'])}{changed}"
+
+
 def status_view(status: dict[str, Any], width: int = 200) -> RenderableType:
     """``scalesearch status``: header, outcomes and budgets, recent failures, the top candidates."""
     c, spent = status["campaign"], status["spent"]
@@ -84,7 +93,8 @@ def status_view(status: dict[str, Any], width: int = 200) -> RenderableType:
         f"  law {c['fit_law']}\nstarted {when(c['created'])}, last activity {when(c['last_activity'])}; ",
         f"{spent['candidates']} programs evaluated, {spent['runs']} runs ({g(spent['flops'])} FLOPs, "
         f"{spent['eval_seconds'] / 3600:.2f} h of training), {status['fit_rounds']} fit rounds, "
-        f"{spent['proposer_calls']} proposer calls ({spent['tokens_in'] + spent['tokens_out']:,} tokens)")
+        f"{spent['proposer_calls']} proposer calls ({spent['tokens_in'] + spent['tokens_out']:,} tokens)",
+        _invocations_line(status.get("invocations")))
     parts: list[RenderableType] = [header, _counts_table(status), _budget_table(status["budgets"])]
     if status["recent_failures"]:
         columns = [Column("program"), Column("run"), Column("stage"), Column("status", justify="left"),

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from db import rows, schema
-from db.rows import Campaign, Fit, Program, Prompt, ProposerCall, Registration, Run, State, Status, Step
+from db.rows import Campaign, Fit, Invocation, Program, Prompt, ProposerCall, Registration, Run, State, Status, Step
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 floats = st.floats(allow_nan=False, allow_infinity=False)
@@ -107,6 +107,8 @@ RECORDS = {
     Registration: st.builds(
         Registration, program_id=ints, island=maybe(ints), score=floats, stage=ints, length=ints, created=maybe(floats)
     ),
+    Invocation: st.builds(Invocation, spec_toml=text, spec=json_dict, changes=st.lists(text, max_size=3).map(tuple),
+                          created=maybe(floats)),
 }
 TABLES = {
     Campaign: "campaign",
@@ -117,6 +119,7 @@ TABLES = {
     ProposerCall: "proposer_calls",
     Registration: "registrations",
     Step: "steps",
+    Invocation: "invocations",
 }
 
 

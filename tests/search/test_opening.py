@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 import sys
 
 import pytest
+from rich.console import Console
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))  # test_loop's helpers (tests/ is not a package)
 
@@ -16,7 +18,10 @@ from proxy_models.program import seed_source  # noqa: E402
 from search.cli import main  # noqa: E402
 from search.config import load_spec  # noqa: E402
 from search.loop import NoParents  # noqa: E402
-from search.opening import RESUMABLE, CampaignMismatch, open_campaign, spec_differences, spec_json  # noqa: E402
+from search.inspection import campaign_status  # noqa: E402
+from search.opening import (RESUMABLE, CampaignMismatch, open_campaign, resumed_changes, spec_differences,  # noqa: E402
+                            spec_json)
+from search.views import status_view  # noqa: E402
 from test_loop import make_spec, run_loop  # noqa: E402
 
 
@@ -56,6 +61,42 @@ def test_budgets_workers_and_the_proposer_may_change_on_resume(tmp_path):
     spec = _edit(tmp_path, 'kind = "mutator"', 'kind = "mutator"\nedit_weights = {learning_rate = 9}')
     reason, db = run_loop(spec)
     assert "candidate budget reached (5 >= 5)" in reason
+    # Each run is recorded with its spec; status reads the newest, the campaign row keeps the first.
+    first, second = query.invocations(db)
+    assert first.changes == () and first.spec["budget"]["candidates"] == 3
+    assert "budget.candidates: 3 -> 5" in second.changes and "evaluator.workers: 0 -> 3" in second.changes
+    assert any(c.startswith("proposer.edit_weights") for c in second.changes)
+    assert query.campaign(db).spec["budget"]["candidates"] == 3 and query.current_spec(db)["budget"]["candidates"] == 5
+    status = campaign_status(db)
+    candidates = next(b for b in status["budgets"] if b["name"] == "candidates")
+    assert candidates["limit"] == 5 and candidates["fraction"] == 1.0
+    assert status["invocations"]["count"] == 2 and status["invocations"]["latest"] == second.created
+    console = Console(width=200, file=io.StringIO())
+    console.print(status_view(status))
+    text = console.file.getvalue()
+    assert "run 2 times" in text and "budget.candidates: 3 -> 5" in text
+
+
+def test_resumed_changes_list_only_what_a_resume_may_change():
+    previous = {"seed": 0, "budget": {"candidates": 3, "wall_hours": 0}, "evaluator": {"workers": 1, "simulate": False}}
+    current = {"seed": 0, "budget": {"candidates": 9, "wall_hours": 0}, "evaluator": {"workers": 1, "simulate": True},
+               "proposer": {"kind": "mutator"}}
+    assert list(resumed_changes(previous, current)) == ["budget.candidates: 3 -> 9", "proposer.kind: None -> 'mutator'"]
+    assert list(resumed_changes(current, current)) == []
+
+
+def test_status_of_a_file_without_the_invocations_record_reads_the_campaign_spec(tmp_path):
+    spec = make_spec(tmp_path, candidates=3)
+    path = spec.resolve(spec.database)
+    _open(spec)
+    db = schema.connect(path)
+    db["invocations"].drop()  # as a file written before invocations were recorded, opened read-only (not migrated)
+    db.conn.close()
+    old = schema.connect_readonly(path)
+    assert query.invocations(old) == [] and query.current_spec(old)["budget"]["candidates"] == 3
+    status = campaign_status(old)
+    assert status["invocations"]["count"] == 0
+    assert next(b for b in status["budgets"] if b["name"] == "candidates")["limit"] == 3
 
 
 @pytest.mark.parametrize("old, new, key", [
@@ -128,3 +169,15 @@ def test_a_second_run_on_the_same_campaign_is_refused_while_the_first_holds_it(t
         assert main(["run", str(tmp_path / "campaign.toml")]) == 2
         assert f"another scalesearch run (pid {os.getpid()})" in capsys.readouterr().err
     assert not (tmp_path / "campaign.sqlite").exists()  # refused before the database was touched
+
+
+def test_run_says_what_a_resume_changed(tmp_path, capsys):
+    make_spec(tmp_path, candidates=2)
+    assert main(["run", str(tmp_path / "campaign.toml")]) == 0
+    assert "created campaign" in capsys.readouterr().out
+    _edit(tmp_path, "candidates = 2", "candidates = 3")
+    assert main(["run", str(tmp_path / "campaign.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "resuming campaign 'test'" in out and "(changed: budget.candidates: 2 -> 3)" in out
+    db = schema.connect_readonly(tmp_path / "campaign.sqlite")
+    assert [i.changes for i in query.invocations(db)] == [(), ("budget.candidates: 2 -> 3",)]
