@@ -105,9 +105,9 @@ def spec_json(spec: CampaignSpec) -> dict:
 
 def resumed_changes(previous: Mapping, current: Mapping) -> Iterator[str]:
     """'key: X -> Y' for each setting a resume may change (RESUMABLE) that differs from the previous invocation's."""
-    old, new = (_flatten(json.loads(json.dumps(d, default=str))) for d in (previous, current))
+    old, new = _flatten(previous), _flatten(current)
     for key in sorted(old.keys() | new.keys()):
-        if old.get(key) != new.get(key) and any(key == r or key.startswith(r + ".") for r in RESUMABLE):
+        if old.get(key) != new.get(key) and _resumable(key):
             yield f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
 
 
@@ -117,17 +117,26 @@ def spec_differences(stored: Mapping, current: Mapping) -> Iterator[str]:
     A key the stored spec lacks was added to scalesearch after the campaign was
     created; it is not a difference (the campaign ran with its default).
     """
-    old, new = (_flatten(json.loads(json.dumps(d, default=str))) for d in (stored, current))  # tuples as lists
+    old, new = _flatten(stored), _flatten(current)
     for key in sorted(old.keys() & new.keys()):
-        if old[key] != new[key] and not any(key == r or key.startswith(r + ".") for r in RESUMABLE):
+        if old[key] != new[key] and not _resumable(key):
             yield f"{key} {old[key]!r} in the database, {new[key]!r} in the spec"
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
+def _resumable(key: str) -> bool:
+    return any(key == r or key.startswith(r + ".") for r in RESUMABLE)
+
+
+def _flatten(spec: Mapping) -> dict[str, object]:
+    """{'budget.candidates': 40, ...}, with tuples as lists (as the database's JSON holds them)."""
+    return _flatten_into(json.loads(json.dumps(spec, default=str)))
+
+
+def _flatten_into(d: Mapping, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in d.items():
         if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(_flatten_into(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
