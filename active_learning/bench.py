@@ -18,6 +18,8 @@ The scores:
 
   mare       mean over candidates of |L_hat*(C*) - L*(C*)| / L*(C*)
   pick_rate  fraction of repeats whose predicted best is the true best at C*
+  confidence mean over repeats of the fit's own P(best) of its predicted best (what
+             the fit expects pick_rate to be; al_confidence_at_stop at the stop budget)
 
 The last line of output is JSON with those numbers per design and budget and
 the headline keys al_flops_fraction_to_match_grid (the smallest budget at which
@@ -232,14 +234,18 @@ class Runs:
 
 
 def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
-    """mare, the true best's relative error, and whether the predicted best is the true best."""
+    """mare, the true best's relative error, whether the predicted best is the true best, and the fit's
+    own probability that it is (its P(best), as a campaign shows it: the fit's confidence in its pick)."""
     fit = fit or fit_pooled(runs.by_candidate, runs.cfg.pooling)
     pred = fit.predict_at_target(runs.cfg.target_flops)
     camp = runs.campaign
     hat = np.array([math.log(pred[c].loss) for c in camp.names])
     rel = np.abs(np.exp(hat - camp.true_optimum) - 1.0)
-    best = int(np.argmin(camp.true_optimum))
-    return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(np.argmin(hat) == best)}
+    best, pick = int(np.argmin(camp.true_optimum)), int(np.argmin(hat))
+    # A fixed generator: P(best) is a Monte Carlo integral here, not part of the experiment's randomness.
+    confidence = fit.prob_best(runs.cfg.target_flops, np.random.default_rng(0))[camp.names[pick]]
+    return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(pick == best),
+            "confidence": float(confidence)}
 
 
 def known_prior(cfg: BenchConfig, weight: float = 1e6) -> PoolingConfig:
@@ -359,7 +365,8 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     designs = {}
     for design in ("grid", "random", "al"):
         designs[design] = {
-            str(b): {key: float(np.mean([r[design][b][key] for r in results])) for key in ("mare", "best_error", "pick")}
+            str(b): {key: float(np.mean([r[design][b][key] for r in results]))
+                     for key in ("mare", "best_error", "pick", "confidence")}
             for b in cfg.budgets}
         for b in cfg.budgets:
             designs[design][str(b)]["pick_rate"] = designs[design][str(b)].pop("pick")
@@ -385,6 +392,9 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         "al_flops_fraction_to_match_grid_best_candidate": min(matched_best) if matched_best else None,
         "al_stop_budget": stop,
         "al_pick_rate": designs["al"][str(stop)]["pick_rate"],
+        # What the fit itself expects al_pick_rate to be: its P(best) of its pick, averaged. Near the pick rate,
+        # the P(best) a campaign shows can be taken at its word.
+        "al_confidence_at_stop": designs["al"][str(stop)]["confidence"],
         "small_scale_pick_rate": small_picks / len(results),
         "al_pick_rate_interval": wilson_interval(al_picks, len(results)),
         "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),
@@ -399,13 +409,15 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
 def _print_table(summary: dict, cfg: BenchConfig) -> None:
     ratios = summary.get("design_sd_ratios")
     extra = "   sd/grid: best design, al   pick: bound, al (first order)" if ratios else ""
-    print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick")) + extra)
+    print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick"))
+          + "  al P(best)" + extra)
     for b in cfg.budgets:
         cells = [summary["designs"][d][str(b)] for d in ("grid", "random", "al")]
         r = ratios[str(b)] if ratios else {}
         bound = (f"   {r['oracle_sd_ratio']:8.3f}, {r['al_sd_ratio']:.3f}"
                  f"   {r['oracle_pick_bound']:10.3f}, {r['al_pick_probability']:.3f}") if ratios else ""
-        print(f"{b:6.3f}  " + "  ".join(f"{c['mare']:12.4f} / {c['pick_rate']:.2f}" for c in cells) + bound)
+        print(f"{b:6.3f}  " + "  ".join(f"{c['mare']:12.4f} / {c['pick_rate']:.2f}" for c in cells)
+              + f"  {cells[2]['confidence']:10.2f}" + bound)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

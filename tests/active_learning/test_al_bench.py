@@ -26,6 +26,26 @@ def test_one_small_campaign_scores_every_design_and_summarises():
     assert summary["pool"] == "box"
     lo, hi = summary["al_pick_rate_interval"]
     assert lo <= summary["al_pick_rate"] <= hi
+    for design in ("grid", "random", "al"):
+        for b in ("0.2", "1.0"):
+            assert 1 / cfg.n_candidates <= summary["designs"][design][b]["confidence"] <= 1.0
+    assert summary["al_confidence_at_stop"] == result["al"][summary["al_stop_budget"]]["confidence"]
+
+
+def test_the_confidence_is_the_fits_own_probability_that_its_pick_is_best():
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, repeats=1)
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
+    runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
+    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    scored = bench.score(runs, fit)
+    pred = fit.predict_at_target(cfg.target_flops)
+    pick = min(campaign.names, key=lambda c: pred[c].loss)
+    assert scored["confidence"] == pytest.approx(fit.prob_best(cfg.target_flops, np.random.default_rng(0))[pick])
+    # Settled by noiseless data, the fit is sure and right.
+    quiet = bench.Campaign(campaign.names, campaign.theta, campaign.true_optimum, 0.0 * campaign.noise)
+    quiet_runs = bench._fixed_design(quiet, dataclasses.replace(cfg, noise=1e-4), "grid", 1.0, np.random.default_rng(0))
+    sure = bench.score(quiet_runs)
+    assert sure["pick"] == 1.0 and sure["confidence"] > 0.99
 
 
 def test_wilson_intervals_have_their_known_values():
