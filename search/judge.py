@@ -157,14 +157,15 @@ def plan_scaling_runs(
         return []
     pool = p.pool()
     made = _runs_per_point(db, pool)
-    # A point a candidate was already given (planned, made, or failed there:
-    # some programs cannot be shaped to the smallest N) is not offered again.
+    # Runs a candidate was already given at a point (planned, made, or failed there:
+    # some programs cannot be shaped to the smallest N) count against seeds_per_point.
     chosen = choose_next_runs(judgement.pooled, pool, spec.target_flops, budget, rng,
                               inference_tokens=spec.inference_tokens, candidates=[str(c) for c in eligible],
-                              done=made)
+                              max_seeds=p.seeds_per_point, done=made)
     runs = []
     for cand, n, d in chosen[: p.runs_per_round]:
-        seed = made.get((cand, n, d), 0)  # a repeat gets a new seed
+        seed = made[(cand, n, d)]  # a repeat gets a new seed, within the batch too
+        made[(cand, n, d)] += 1
         runs.append(Run(program_id=int(cand), stage=int(Stage.SCALING), n_target=n, d_target=d, seed=seed,
                         reason="active learning: most reduces uncertainty of the best at C* per FLOP"))
     return runs

@@ -30,6 +30,7 @@ def test_the_template_is_a_valid_spec(tmp_path):
     ("memory_gb = 8.0", "memory_gb = 0.0", "[evaluator] memory_gb must be positive"),
     ("seq_len = 128", "seq_len = 0", "[proxies] seq_len must be at least 1, got 0"),
     ("grid = 3", "grid = 0", "[proxies] grid must be at least 1"),
+    ("seeds_per_point = 1", "seeds_per_point = 0", "[proxies] seeds_per_point must be at least 1, got 0"),
     ("scaling_fraction = 0.5", "scaling_fraction = 1.5", "scaling_fraction is a share"),
     ("n_max = 4e5", "n_max = 4e3", "got n 50000 to 4000"),
     ("candidates = 40", 'candidates = "40"', "[budget] candidates must be an integer, got '40'"),

@@ -205,6 +205,26 @@ def test_a_point_is_never_planned_twice_for_a_program_even_after_it_failed(tmp_p
     assert len(scaling) == len(set(scaling))
 
 
+def test_seeds_per_point_lets_active_learning_rerun_a_point_with_new_seeds(tmp_path):
+    spec = make_spec(tmp_path / "c", candidates=8)
+    text = (tmp_path / "c" / "campaign.toml").read_text()
+    assert all(key in text for key in ("grid = 3 ", "seeds_per_point = 1 ", "scaling_fraction = 0.5 "))
+    # One pool point: every scaling run active learning plans is there, so the cap is what limits it
+    # (and a larger scaling share than the initial design's, so that it plans some).
+    (tmp_path / "c" / "campaign.toml").write_text(text.replace("grid = 3 ", "grid = 1 ")
+                                                  .replace("seeds_per_point = 1 ", "seeds_per_point = 3 ")
+                                                  .replace("scaling_fraction = 0.5 ", "scaling_fraction = 0.9 "))
+    spec = load_spec(tmp_path / "c" / "campaign.toml")
+    _, db = run_loop(spec)
+    point = spec.proxies.pool()[0]
+    seeds = {}
+    for r in query.runs(db):
+        if r.stage == Stage.SCALING and (r.n_target, r.d_target) == point:
+            seeds.setdefault(r.program_id, []).append(r.seed)
+    assert max(len(s) for s in seeds.values()) >= 2, "the test needs active learning to rerun the point"
+    assert all(len(s) <= 3 and sorted(s) == list(range(len(s))) for s in seeds.values())
+
+
 @pytest.mark.parametrize("old, new, match", [
     ('fit_varying = ["e", "a", "b"]', 'fit_varying = ["e", "slope"]', "varying must be"),
     ('fit_departures = "learned"', 'fit_departures = "sideways"', "departures must be"),
