@@ -80,8 +80,8 @@ def _invocations_line(invocations: dict[str, Any] | None) -> str:
     if not invocations or not invocations["count"]:
         return ""
     changed = f" (changed {'; '.join(invocations['changes'])})" if invocations["changes"] else ""
-    times = "once" if invocations["count"] == 1 else f"{invocations['count']} times"
-    return f"\nrun {times}, the latest started {when(invocations['latest'])}{changed}"
+    times = "once," if invocations["count"] == 1 else f"{invocations['count']} times, the latest"
+    return f"\nrun {times} started {when(invocations['latest'])}{changed}"
 
 
 def status_view(status: dict[str, Any], width: int = 200) -> RenderableType:

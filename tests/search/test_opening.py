@@ -74,7 +74,7 @@ def test_budgets_workers_and_the_proposer_may_change_on_resume(tmp_path):
     console = Console(width=200, file=io.StringIO())
     console.print(status_view(status))
     text = console.file.getvalue()
-    assert "run 2 times" in text and "budget.candidates: 3 -> 5" in text
+    assert "run 2 times, the latest started" in text and "budget.candidates: 3 -> 5" in text
 
 
 def test_resumed_changes_list_only_what_a_resume_may_change():
