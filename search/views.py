@@ -76,7 +76,7 @@ def _budget_table(budgets: Sequence[dict[str, Any]]) -> Table:
 
 
 def _invocations_line(invocations: dict[str, Any] | None) -> str:
-    """'; run N times, the latest started T (changed: ...)', or '' for files without the record."""
+    """A line 'run N times, the latest started T (changed ...)', or '' for files without the record."""
     if not invocations or not invocations["count"]:
         return ""
     changed = f" (changed {'; '.join(invocations['changes'])})" if invocations["changes"] else ""
