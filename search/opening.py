@@ -56,9 +56,9 @@ def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str,
       CampaignMismatch: the database holds a campaign this spec does not describe.
       FileNotFoundError: creating, and the seed or a comparison program is missing.
     """
-    existing = query.campaign(db)
+    existing, current = query.campaign(db), spec_json(spec)  # the spec as the database holds it
     if existing is not None:
-        differences = list(spec_differences(existing.spec, spec_json(spec)))
+        differences = list(spec_differences(existing.spec, current))
         differences += _program_differences(spec, db)
         if differences:
             raise CampaignMismatch(
@@ -66,8 +66,8 @@ def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str,
                 + "; ".join(differences)
                 + ". Restore those settings to resume it, or set [campaign] database to a new file to start a new campaign"
             )
-        changes = tuple(resumed_changes(query.current_spec(db), spec_json(spec)))
-        record.record_invocation(db, Invocation(spec_toml=spec_toml, spec=spec_json(spec), changes=changes), clock=clock)
+        changes = tuple(resumed_changes(query.current_spec(db), current))
+        record.record_invocation(db, Invocation(spec_toml=spec_toml, spec=current, changes=changes), clock=clock)
         return False
     seed_source = _read(spec, spec.seed_program, "seed_program")
     programs = [Program(source=seed_source, blocks=blocks(seed_source), proposer="seed", island=None,
@@ -77,9 +77,8 @@ def open_campaign(spec: CampaignSpec, db: sqlite_utils.Database, spec_toml: str,
         programs.append(Program(source=text, blocks=blocks(text), proposer="compare", source_hash=source_hash(text),
                                 note=f"comparison: {path}"))
     with db.atomic():  # the record functions' transactions become savepoints of this one
-        record.create_campaign(db, Campaign(name=spec.name, spec_toml=spec_toml, spec=spec_json(spec), seed=spec.seed),
-                               clock=clock)
-        record.record_invocation(db, Invocation(spec_toml=spec_toml, spec=spec_json(spec)), clock=clock)
+        record.create_campaign(db, Campaign(name=spec.name, spec_toml=spec_toml, spec=current, seed=spec.seed), clock=clock)
+        record.record_invocation(db, Invocation(spec_toml=spec_toml, spec=current), clock=clock)
         record.record_step(db, Step(proposer="seed"), programs, clock=clock)
         record.plan_runs_with_fits(db, [], initial_design(spec, query.programs(db)), clock=clock)
     return True
