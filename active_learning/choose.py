@@ -10,10 +10,12 @@ and s = Cov(g, y) / sd(y), whatever the outcome turns out to be.
 The uncertainty of the decision "which candidate is best at C*" is measured by
 its Bayes risk, the expected regret E[min_k g_k] - min_k E[g_k] is reduced, in
 expectation, by the knowledge gradient E[max_k(-g_k - s_k Z)] - max_k(-g_k)
-(Frazier, Powell & Dayanik 2009). The campaign also reports every candidate's
-predicted loss at C*, so a run is also worth the expected absolute error of those
-predictions it removes, sqrt(2/pi) (sd_k - sd_k after the run), averaged over
-candidates: both terms are in log-loss units and their sum is one expected loss.
+(Frazier, Powell & Dayanik 2009); or, counting every wrong pick alike (the zero-one
+loss, Chick & Inoue 2001), by the expected fall in the chance of a wrong pick. The
+campaign also reports every candidate's predicted loss at C*, so a run is also worth
+the expected absolute error of those predictions it removes, sqrt(2/pi) (sd_k - sd_k
+after the run), averaged over candidates: under the linear loss both terms are in
+log-loss units and their sum is one expected loss.
 With pooled fits a run on one candidate also informs the shared parameters, so
 it counts towards every candidate's prediction. Runs are picked greedily by that
 value per FLOP; after each pick the covariance is updated as if the run had been
@@ -25,6 +27,7 @@ Also here: the single-law version (largest reduction of Var(g) per FLOP). The
 baselines (grid, random, IsoFLOP) are in baselines.py and re-exported here.
 
 References:
+  Chick & Inoue 2001, "New two-stage and sequential procedures for selecting the best simulated system".
   Frazier, Powell & Dayanik 2009, "The knowledge-gradient policy for correlated normal beliefs".
   Frazier & Powell 2010, "Paradoxes in learning and the marginal value of information".
 """
@@ -44,9 +47,10 @@ from active_learning.pooled import PooledFit, PoolingConfig, RunsByCandidate, fi
 from active_learning.scaling_law import Features, Reparam, ScalingLaw
 from active_learning.threads import one_blas_thread
 
-__all__ = ["Belief", "ExperimentPoint", "PoolPoint", "choose_for_single_law", "choose_next_runs", "grid_design",
-           "isoflop_design", "knowledge_gradient", "random_design"]
+__all__ = ["DECISION_LOSSES", "Belief", "ExperimentPoint", "PoolPoint", "choose_for_single_law", "choose_next_runs",
+           "grid_design", "isoflop_design", "knowledge_gradient", "random_design", "zero_one_gains"]
 KG_FLOOR = 1e-12  # below this the decision is settled and design falls back to variance reduction
+DECISION_LOSSES = ("linear", "zero-one")  # choose_next_runs' decision_loss values (Chick & Inoue 2001's names)
 MAX_REPLICATES = 8  # KG(*) looks at most this many replicate runs ahead
 
 
@@ -159,6 +163,31 @@ def _gains(g: np.ndarray, s: np.ndarray) -> np.ndarray:
     return knowledge_gradient(np.broadcast_to(-g, s.shape), s)
 
 
+def zero_one_gains(g: np.ndarray, cov: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Expected fall in the probability of a wrong pick per proposal [P], lower g being better.
+
+    Summed over the pairs of the current leader b and each rival j (the Bonferroni bound on the
+    probability of incorrect selection, Chick & Inoue 2001). For one pair, with d = g_j - g_b,
+    sigma^2 = Var(g_j - g_b) and t = s_j - s_b, the posterior difference after the run is
+    d + t Z with variance sigma^2 - t^2, and the pick is then wrong with probability
+    Phi(-|d + t Z| / sqrt(sigma^2 - t^2)); its expectation over Z is 2 T(d / sigma, sqrt(sigma^2 - t^2) / |t|),
+    with T Owen's (1956) function, against Phi(-d / sigma) before the run.
+
+    Args:
+      g: current posterior means [K].
+      cov: their covariance [K, K].
+      s: each proposal's move of g per unit Z [P, K].
+    """
+    b = int(np.argmin(g))
+    rival = np.arange(len(g)) != b
+    var = np.maximum(np.diag(cov)[rival] + cov[b, b] - 2.0 * cov[rival, b], 1e-300)  # [J]
+    h = (g[rival] - g[b]) / np.sqrt(var)
+    t = np.abs(s[:, rival] - s[:, [b]])  # [P, J]
+    with np.errstate(divide="ignore"):
+        ratio = np.where(t > 0, np.sqrt(np.maximum(var - t**2, 0.0)) / t, np.inf)
+    return np.maximum(special.ndtr(-h) - 2.0 * special.owens_t(h, ratio), 0.0).sum(axis=1)
+
+
 @dataclasses.dataclass
 class _Design:
     """Greedy batch design state: the belief's covariance updated as runs are planned."""
@@ -183,6 +212,12 @@ class _Design:
         k, p = self.grads.shape
         c = self.cov.reshape(k, p, k, p)
         return np.einsum("la,lalb,lb->l", self.grads, c, self.grads)
+
+    def target_cov(self) -> np.ndarray:
+        """Cov(g_l, g_k) under the current covariance [K, K]."""
+        k, p = self.grads.shape
+        c = self.cov.reshape(k, p, k, p)
+        return np.einsum("la,lakb,kb->lk", self.grads, c, self.grads)
 
     def observe(self, k: int, m: int) -> None:
         """Condition the covariance on a planned run (the update does not depend on its outcome)."""
@@ -230,6 +265,7 @@ def choose_next_runs(
     max_seeds: int = 1,
     done: Mapping[ExperimentPoint, int] | None = None,
     prediction_weight: float = 1.0,
+    decision_loss: str = "linear",
 ) -> list[ExperimentPoint]:
     """The next runs, for whichever candidates, that most reduce the decision's uncertainty per FLOP.
 
@@ -248,12 +284,19 @@ def choose_next_runs(
         many times, trusting the law's form at the smallest scale more than a campaign should.
       done: runs already made per (candidate, N, D), counted against max_seeds.
       prediction_weight: weight of the predictions' expected absolute error (mean over
-        candidates) against the decision's expected regret; 0 values the decision alone.
+        candidates) against the decision's value; 0 values the decision alone. Under the zero-one
+        loss the decision's value is a probability, so the weight prices a log-loss unit of error in it.
+      decision_loss: what a wrong pick costs. "linear": its regret, the loss it gives away at C*,
+        valued by the knowledge gradient. "zero-one": one, whatever the margin, valued by the
+        expected fall in the probability of picking wrongly (Chick & Inoue 2001's 0-1 procedure):
+        it chases close contenders that "linear" deems not worth telling apart.
 
     Returns:
       (candidate, N, D) triples in the order chosen; their FLOPs sum to at most flop_budget.
     """
     _validate(pool, target_flops, flop_budget)
+    if decision_loss not in DECISION_LOSSES:
+        raise ValueError(f"decision_loss must be one of {DECISION_LOSSES}, got {decision_loss!r}")
     belief = _as_belief(fit_or_runs, config)
     g, grads = belief.target(target_flops, inference_tokens)
     jac, cost = belief.observations(pool)
@@ -262,7 +305,7 @@ def choose_next_runs(
     jitter = 1.0 + 1e-9 * rng.random(cost.shape)
     chosen, spent = [], 0.0
     while (affordable := (cost <= flop_budget - spent) & (seeds_left > 0)).any():
-        value = _acquisition(design, g, prediction_weight, affordable, seeds_left)
+        value = _acquisition(design, g, prediction_weight, affordable, seeds_left, decision_loss)
         score = np.where(affordable, value / cost * jitter, -np.inf)
         k, m = np.unravel_index(int(np.argmax(score)), score.shape)
         design.observe(k, m)
@@ -285,12 +328,13 @@ def _seeds_left(names: Sequence[str], pool: Sequence[PoolPoint], allowed: Sequen
 
 
 def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affordable: np.ndarray,
-                 seeds_left: np.ndarray) -> np.ndarray:
-    """Expected reduction of regret plus weighted mean absolute prediction error, per proposal [K, M].
+                 seeds_left: np.ndarray, decision_loss: str = "linear") -> np.ndarray:
+    """Expected reduction of the decision's risk plus weighted mean absolute prediction error, per proposal [K, M].
 
     A run that moves the posterior mean of g by s Z cuts the Bayes risk of the decision by the
-    knowledge gradient (Frazier, Powell & Dayanik 2009) and shrinks each Var(g_l) by s_l^2; a
-    Gaussian's expected absolute error is sqrt(2/pi) sd, so both terms are in log-loss units.
+    knowledge gradient (Frazier, Powell & Dayanik 2009) under the linear loss, or by the expected
+    fall of the probability of a wrong pick under the zero-one loss, and shrinks each Var(g_l) by
+    s_l^2; a Gaussian's expected absolute error is sqrt(2/pi) sd, in log-loss units like the regret.
 
     The value of information is not concave: one run of a close contender can look worthless
     while a few runs settle the decision. As in the KG(*) policy (Frazier & Powell 2010, "Paradoxes
@@ -301,10 +345,11 @@ def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affor
     cross, own = design.moments()
     noise = design.belief.noise_var
     target_var = design.target_var() if prediction_weight > 0 else None
+    target_cov = design.target_cov() if decision_loss == "zero-one" else None
     most = int(min(np.max(seeds_left, initial=1), MAX_REPLICATES))
     best = np.zeros(own.shape)
     for r in range(1, most + 1):
-        value = _value(g, cross, own - noise + noise / r, prediction_weight, target_var) / r
+        value = _value(g, cross, own - noise + noise / r, prediction_weight, target_var, target_cov) / r
         best = np.where(seeds_left >= r, np.maximum(best, value), best)
     if prediction_weight <= 0 and best[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction
         best = cross[:, :, int(np.argmin(g))] ** 2 / own
@@ -312,10 +357,14 @@ def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affor
 
 
 def _value(g: np.ndarray, cross: np.ndarray, var: np.ndarray, prediction_weight: float,
-           target_var: np.ndarray | None) -> np.ndarray:
-    """Knowledge gradient plus weighted prediction-error reduction of observing y with variance var [K, M]."""
+           target_var: np.ndarray | None, target_cov: np.ndarray | None = None) -> np.ndarray:
+    """The decision's gain plus weighted prediction-error reduction of observing y with variance var [K, M].
+
+    The decision's gain is the knowledge gradient, or with target_cov (Cov(g) [K, K]) the zero-one gain.
+    """
     s = cross / np.sqrt(var)[..., None]  # [K, M, K]
-    value = _gains(g, s.reshape(-1, len(g))).reshape(var.shape)
+    gains = _gains(g, s.reshape(-1, len(g))) if target_cov is None else zero_one_gains(g, target_cov, s.reshape(-1, len(g)))
+    value = gains.reshape(var.shape)
     if prediction_weight > 0:
         sd_after = np.sqrt(np.maximum(target_var - s**2, 0.0))
         value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(target_var) - sd_after, axis=-1)

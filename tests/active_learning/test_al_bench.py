@@ -163,3 +163,21 @@ def test_the_box_pool_spans_the_smallest_to_the_largest_proxy_at_the_ratio_pools
 def test_an_unknown_pool_shape_is_refused():
     with pytest.raises(ValueError, match="pool_shape"):
         bench.BenchConfig(pool_shape="diagonal")
+
+
+def test_active_learning_designs_with_the_configured_decision_loss(monkeypatch):
+    seen, choose = [], bench.choose_next_runs
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["decision_loss"])
+        return choose(*args, **kwargs)
+
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, budgets=(0.2,),
+                              al_steps=(0.1, 0.2), al_decision_loss="zero-one")
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
+    monkeypatch.setattr(bench, "choose_next_runs", spy)
+    scores, _ = bench._active_learning(campaign, cfg, np.random.default_rng(0))
+    assert seen == ["zero-one", "zero-one"]
+    assert scores[0.2]["flops_fraction"] <= 0.2 + 1e-9
+    with pytest.raises(ValueError, match="al_decision_loss"):
+        bench.BenchConfig(al_decision_loss="hinge")

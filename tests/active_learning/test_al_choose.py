@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from active_learning.choose import (Belief, _acquisition, _Design, choose_for_single_law, choose_next_runs, grid_design,
-                                    isoflop_design, knowledge_gradient, random_design)
+from scipy import special
+
+from active_learning.choose import (Belief, _acquisition, _Design, _gains, choose_for_single_law, choose_next_runs,
+                                    grid_design, isoflop_design, knowledge_gradient, random_design, zero_one_gains)
 from active_learning.fit import FitConfig, fit_law
 from active_learning.pooled import fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022
@@ -34,6 +36,41 @@ def test_knowledge_gradient_is_zero_when_nothing_can_change_the_decision():
     assert knowledge_gradient(np.array([0.0, -1.0]), np.array([0.5, 0.5])) == 0.0  # same move for both
 
 
+def test_zero_one_gain_matches_monte_carlo(rng):
+    # Leader 0 and a rival 0.01 behind, correlated; a run moves them by s Z. After it the pick is wrong
+    # with probability Phi(-|d + t Z| / sd_after), t = s_j - s_b; the gain is the fall of its mean.
+    g, cov, s = np.array([0.0, 0.01]), np.array([[1e-4, 2e-5], [2e-5, 2e-4]]), np.array([[0.004, -0.006]])
+    var, t = 1e-4 + 2e-4 - 4e-5, -0.01
+    z = rng.standard_normal(1_000_000)
+    after = special.ndtr(-np.abs(0.01 + t * z) / math.sqrt(var - t * t)).mean()
+    expected = special.ndtr(-0.01 / math.sqrt(var)) - after
+    assert zero_one_gains(g, cov, s)[0] == pytest.approx(expected, abs=1e-3)
+
+
+def test_zero_one_gain_limits():
+    g, cov = np.array([0.0, 0.02, 0.5]), np.diag([1e-4, 1e-4, 1e-4])
+    wrong = special.ndtr(-0.02 / math.sqrt(2e-4))  # the far third candidate adds ~1e-200
+    nothing, same_move, settles = np.zeros(3), np.full(3, 0.005), np.array([0.0, math.sqrt(2e-4), 0.0])
+    gains = zero_one_gains(g, cov, np.stack([nothing, same_move, settles]))
+    assert gains[0] == 0.0 and gains[1] == 0.0  # a run that moves both alike cannot change the pick
+    assert gains[2] == pytest.approx(wrong, rel=1e-9)  # one that resolves the pair removes its whole error
+    tie = zero_one_gains(np.zeros(2), np.eye(2), np.array([[0.0, math.sqrt(2.0)]]))
+    assert tie[0] == pytest.approx(0.5)
+
+
+def test_zero_one_gain_chases_the_close_contender_the_regret_discounts():
+    # Rival A is 0.01 behind with sd 0.008; rival B is 0.06 behind with sd 0.04. Resolving B removes more
+    # expected regret (B's sd is five times A's), but resolving A removes more chance of a wrong pick
+    # (Phi(-1.25) against Phi(-1.5)): the two losses order the same pair of runs oppositely.
+    g, cov = np.array([0.0, 0.01, 0.06]), np.diag([0.0, 0.008**2, 0.04**2])
+    resolve_a, resolve_b = np.array([0.0, 0.008, 0.0]), np.array([0.0, 0.0, 0.04])
+    s = np.stack([resolve_a, resolve_b])
+    regret, wrong = _gains(g, s), zero_one_gains(g, cov, s)
+    assert regret[1] > regret[0]
+    assert wrong[0] > wrong[1]
+    assert wrong == pytest.approx(special.ndtr(-np.array([1.25, 1.5])), rel=1e-6)
+
+
 def _campaign(rng, chinchilla_runs, isoflop_points):
     n, d = isoflop_points(per_budget=5)
     leader = HOFFMANN_2022 - np.array([0.0, 0.05, 0.05, 0.0, 0.0])
@@ -45,13 +82,14 @@ def _campaign(rng, chinchilla_runs, isoflop_points):
     }
 
 
-def test_the_next_run_goes_to_the_uncertain_contender(rng, chinchilla_runs, isoflop_points):
+@pytest.mark.parametrize("decision_loss", ["linear", "zero-one"])
+def test_the_next_run_goes_to_the_uncertain_contender(rng, chinchilla_runs, isoflop_points, decision_loss):
     # Toy problem: a well-measured leader, a clearly worse candidate, and a rival with two runs
     # whose predicted loss at C* is close to the leader's. Equal-cost pool points: the most
-    # informative run is obviously one of the rival's.
+    # informative run is obviously one of the rival's, whatever a wrong pick costs.
     fit = fit_pooled(_campaign(rng, chinchilla_runs, isoflop_points))
     pool = [(n, 1e18 / (6 * n)) for n in (2e7, 4e7, 8e7)]
-    chosen = choose_next_runs(fit, pool, TARGET, 1e18, np.random.default_rng(0))
+    chosen = choose_next_runs(fit, pool, TARGET, 1e18, np.random.default_rng(0), decision_loss=decision_loss)
     assert [c for c, _, _ in chosen] == ["rival"]
 
 
@@ -137,6 +175,8 @@ def test_invalid_requests_are_rejected(rng, chinchilla_runs, isoflop_points):
         choose_next_runs(fit, [(1e7, 1e8)], TARGET, -1.0, rng)
     with pytest.raises(TypeError, match="PooledFit"):
         choose_next_runs(42, [(1e7, 1e8)], TARGET, 1e18, rng)
+    with pytest.raises(ValueError, match="decision_loss"):
+        choose_next_runs(fit, [(1e7, 1e8)], TARGET, 1e18, rng, decision_loss="hinge")
 
 
 def test_grid_design_covers_every_pair_and_its_budgeted_prefix_is_spread_out():
