@@ -363,8 +363,8 @@ def _value(g: np.ndarray, cross: np.ndarray, var: np.ndarray, prediction_weight:
     The decision's gain is the knowledge gradient, or with target_cov (Cov(g) [K, K]) the zero-one gain.
     """
     s = cross / np.sqrt(var)[..., None]  # [K, M, K]
-    gains = _gains(g, s.reshape(-1, len(g))) if target_cov is None else zero_one_gains(g, target_cov, s.reshape(-1, len(g)))
-    value = gains.reshape(var.shape)
+    flat = s.reshape(-1, len(g))
+    value = (_gains(g, flat) if target_cov is None else zero_one_gains(g, target_cov, flat)).reshape(var.shape)
     if prediction_weight > 0:
         sd_after = np.sqrt(np.maximum(target_var - s**2, 0.0))
         value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(target_var) - sd_after, axis=-1)
