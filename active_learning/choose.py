@@ -207,17 +207,15 @@ class _Design:
         own = np.einsum("kma,kakb,kmb->km", self.jac, c, self.jac)
         return cross, own + self.belief.noise_var
 
-    def target_var(self) -> np.ndarray:
-        """Var(g_l) under the current covariance [K]."""
-        k, p = self.grads.shape
-        c = self.cov.reshape(k, p, k, p)
-        return np.einsum("la,lalb,lb->l", self.grads, c, self.grads)
-
     def target_cov(self) -> np.ndarray:
         """Cov(g_l, g_k) under the current covariance [K, K]."""
         k, p = self.grads.shape
         c = self.cov.reshape(k, p, k, p)
         return np.einsum("la,lakb,kb->lk", self.grads, c, self.grads)
+
+    def target_var(self) -> np.ndarray:
+        """Var(g_l) under the current covariance [K]."""
+        return np.diag(self.target_cov())
 
     def observe(self, k: int, m: int) -> None:
         """Condition the covariance on a planned run (the update does not depend on its outcome)."""
@@ -344,28 +342,26 @@ def _acquisition(design: _Design, g: np.ndarray, prediction_weight: float, affor
     """
     cross, own = design.moments()
     noise = design.belief.noise_var
-    target_var = design.target_var() if prediction_weight > 0 else None
-    target_cov = design.target_cov() if decision_loss == "zero-one" else None
+    target_cov = design.target_cov()
     most = int(min(np.max(seeds_left, initial=1), MAX_REPLICATES))
     best = np.zeros(own.shape)
     for r in range(1, most + 1):
-        value = _value(g, cross, own - noise + noise / r, prediction_weight, target_var, target_cov) / r
+        value = _value(g, cross, own - noise + noise / r, prediction_weight, target_cov, decision_loss) / r
         best = np.where(seeds_left >= r, np.maximum(best, value), best)
     if prediction_weight <= 0 and best[affordable].max() < KG_FLOOR:  # settled: sharpen the leader's prediction
         best = cross[:, :, int(np.argmin(g))] ** 2 / own
     return best
 
 
-def _value(g: np.ndarray, cross: np.ndarray, var: np.ndarray, prediction_weight: float,
-           target_var: np.ndarray | None, target_cov: np.ndarray | None = None) -> np.ndarray:
-    """The decision's gain plus weighted prediction-error reduction of observing y with variance var [K, M].
-
-    The decision's gain is the knowledge gradient, or with target_cov (Cov(g) [K, K]) the zero-one gain.
-    """
+def _value(g: np.ndarray, cross: np.ndarray, var: np.ndarray, prediction_weight: float, target_cov: np.ndarray,
+           decision_loss: str) -> np.ndarray:
+    """The decision's gain (the knowledge gradient, or the zero-one gain) plus weighted prediction-error
+    reduction of observing y with variance var [K, M]; target_cov is Cov(g) [K, K] before the run."""
     s = cross / np.sqrt(var)[..., None]  # [K, M, K]
     flat = s.reshape(-1, len(g))
-    value = (_gains(g, flat) if target_cov is None else zero_one_gains(g, target_cov, flat)).reshape(var.shape)
+    value = (zero_one_gains(g, target_cov, flat) if decision_loss == "zero-one" else _gains(g, flat)).reshape(var.shape)
     if prediction_weight > 0:
+        target_var = np.diag(target_cov)
         sd_after = np.sqrt(np.maximum(target_var - s**2, 0.0))
         value = value + prediction_weight * math.sqrt(2.0 / math.pi) * np.mean(np.sqrt(target_var) - sd_after, axis=-1)
     return value
