@@ -42,6 +42,11 @@ campaigns of the highest first-order chance that any design puts the true best a
 the runner-up (oracle_pick_bound: the design that spends everything on telling those two
 apart), and the same chance for active learning's runs (al_pick_probability);
 oracle_pick_bound_at_stop is the bound at the budget where al_pick_rate is read.
+It also makes, at every budget, the runs of the design an experimenter who knew the true
+laws would make for the decision (oracle.decision_design, in whole runs, with the same
+noise), and fits and scores them like any design's (designs["oracle_design"]):
+oracle_design_pick_rate_at_stop, with its Wilson interval, is what knowing where to look
+is worth once the runs are fitted from the data, the yardstick for al_pick_rate.
 
 With --known-prior every design is fitted with the simulator's own hyperparameters
 pinned (known_prior): what is left between its pick rates and the bound is the design's
@@ -318,6 +323,20 @@ def _design_bounds(campaign: Campaign, cfg: BenchConfig, al_counts: dict[float, 
     return out
 
 
+def _oracle_design(campaign: Campaign, cfg: BenchConfig, budget: float) -> Runs:
+    """The runs an experimenter who knows the true laws would make for the decision (oracle.decision_design),
+    as whole runs within `budget` (a fraction of the grid's FLOPs) and the seed cap, after the base runs."""
+    truth, runs = _oracle_campaign(campaign, cfg), Runs.start(campaign, cfg)
+    remaining = budget * cfg.grid_flops - runs.flops
+    design = oracle.decision_design(truth, remaining, max_seeds=cfg.al_max_seeds)
+    cost = np.broadcast_to(truth.cost(), design.weights.shape)
+    counts, pool = oracle.whole_runs(design.weights, cost, remaining), cfg.pool()
+    for k, m in np.argwhere(counts > 0):
+        for _ in range(int(counts[k, m])):
+            runs.add(campaign.names[k], *pool[m])
+    return runs
+
+
 def _active_learning(campaign: Campaign, cfg: BenchConfig,
                      rng: np.random.Generator) -> tuple[dict[float, dict], dict[float, np.ndarray]]:
     """Refit, score at the scoring budgets, and choose the next batch, until the largest budget.
@@ -355,6 +374,7 @@ def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence, with_oracle: bool
         result[design] = {b: score(_fixed_design(campaign, cfg, design, b, random_rng)) for b in cfg.budgets}
     if with_oracle:
         result["oracle"] = _design_bounds(campaign, cfg, counts)
+        result["oracle_design"] = {b: score(_oracle_design(campaign, cfg, b)) for b in cfg.budgets}
     return result
 
 
@@ -370,7 +390,7 @@ def wilson_interval(successes: float, trials: int, level: float = 0.9) -> tuple[
 def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     """Per design and budget means, and the headline keys."""
     designs = {}
-    for design in ("grid", "random", "al"):
+    for design in ("grid", "random", "al") + (("oracle_design",) if all("oracle_design" in r for r in results) else ()):
         designs[design] = {
             str(b): {key: float(np.mean([r[design][b][key] for r in results]))
                      for key in ("mare", "best_error", "pick", "confidence")}
@@ -390,6 +410,10 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         reached = [b for b in cfg.budgets if ratios[str(b)]["oracle_sd_ratio"] <= 1.0]
         bounds = {"design_sd_ratios": ratios, "oracle_flops_fraction_to_match_grid": min(reached) if reached else None,
                   "oracle_pick_bound_at_stop": ratios[str(stop)]["oracle_pick_bound"]}
+    if "oracle_design" in designs:
+        oracle_picks = sum(r["oracle_design"][stop]["pick"] for r in results)
+        bounds |= {"oracle_design_pick_rate_at_stop": designs["oracle_design"][str(stop)]["pick_rate"],
+                   "oracle_design_pick_rate_interval": wilson_interval(oracle_picks, len(results))}
     al_picks = sum(r["al"][stop]["pick"] for r in results)
     small_picks = sum(r["small_scale_pick"] for r in results)
     return {
@@ -415,11 +439,11 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
 
 def _print_table(summary: dict, cfg: BenchConfig) -> None:
     ratios = summary.get("design_sd_ratios")
+    names = [d for d in ("grid", "random", "al", "oracle_design") if d in summary["designs"]]
     extra = "   sd/grid: best design, al   pick: bound, al (first order)" if ratios else ""
-    print("budget  " + "  ".join(f"{d:>20s}" for d in ("grid mare/pick", "random mare/pick", "al mare/pick"))
-          + "  al P(best)" + extra)
+    print("budget  " + "  ".join(f"{d + ' mare/pick':>20s}" for d in names) + "  al P(best)" + extra)
     for b in cfg.budgets:
-        cells = [summary["designs"][d][str(b)] for d in ("grid", "random", "al")]
+        cells = [summary["designs"][d][str(b)] for d in names]
         r = ratios[str(b)] if ratios else {}
         bound = (f"   {r['oracle_sd_ratio']:8.3f}, {r['al_sd_ratio']:.3f}"
                  f"   {r['oracle_pick_bound']:10.3f}, {r['al_pick_probability']:.3f}") if ratios else ""

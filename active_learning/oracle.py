@@ -14,6 +14,10 @@ delta_k ~ N(0, diag(tau^2)), a weak Gaussian prior on mu, Gaussian noise on log 
 The gradient of Var(g_l) in a design weight is -(a^T Sigma G_l)^2 / sigma^2 (the
 derivative of an inverse), and Frank-Wolfe steps keep the design within the budget and the cap.
 
+For the decision, pick_bound spends everything on the best against the runner-up (a bound,
+not a design anyone would make); decision_design tells the best from every rival, and
+whole_runs rounds it to runs the benchmark can make and fit like any other design's.
+
 References:
   Kiefer 1959, "Optimum experimental designs" (approximate designs).
   Chaloner & Verdinelli 1995, "Bayesian experimental design: a review" (sec. 2: linear
@@ -302,3 +306,53 @@ def pick_bound(campaign: Campaign, flop_budget: float, *, max_seeds: float = 4.0
     contrast, margin = pick_contrast(campaign)
     best = optimal_design(campaign, flop_budget, max_seeds=max_seeds, rel_gap=rel_gap, contrasts=contrast)
     return float(special.ndtr(margin / best.mean_sd))
+
+
+def decision_contrasts(campaign: Campaign) -> np.ndarray:
+    """The true best minus each rival, each over its true margin [K-1, K, p].
+
+    The sd of contrast j is sd(g_best - g_j) / margin_j, the reciprocal of the first-order z
+    of that pair, so their mean is small only when every rival, the close ones most, is told
+    apart from the best: a smooth surrogate of the chance of a wrong pick, which needs all of them.
+    """
+    g, grads = campaign.belief().target(campaign.target_flops)
+    order = np.argsort(g)
+    best = order[0]
+    out = np.zeros((len(g) - 1, *grads.shape))
+    for i, rival in enumerate(order[1:]):
+        margin = g[rival] - g[best]
+        out[i, best], out[i, rival] = grads[best] / margin, -grads[rival] / margin
+    return out
+
+
+def decision_design(campaign: Campaign, flop_budget: float, *, max_seeds: float = 4.0,
+                    rel_gap: float = 1e-4) -> Design:
+    """The design for the decision of an experimenter who knows the true laws (relaxed run counts).
+
+    Unlike pick_bound's, it tells the best from every rival, not only the runner-up, so its
+    runs can be made and fitted like any design's (whole_runs): what it then picks is what
+    knowing where to look is worth, with the same fit and the same noise as every design.
+    """
+    return optimal_design(campaign, flop_budget, max_seeds=max_seeds, rel_gap=rel_gap,
+                          contrasts=decision_contrasts(campaign))
+
+
+def whole_runs(weights: np.ndarray, cost: np.ndarray, flop_budget: float) -> np.ndarray:
+    """A relaxed design rounded to whole runs within the budget [K, M].
+
+    Every count rounded down, then runs added where the fractions left are largest, while
+    the budget affords them; no count exceeds its relaxed weight rounded up, so a cap the
+    relaxed design kept to holds.
+    """
+    weights = np.asarray(weights, dtype=float)
+    counts = np.floor(weights + 1e-9)
+    left = flop_budget - float(np.sum(counts * cost))
+    fraction = weights - counts
+    for i in np.argsort(-fraction, axis=None):
+        idx = np.unravel_index(i, weights.shape)
+        if fraction[idx] <= 1e-9:
+            break
+        if cost[idx] <= left:
+            counts[idx] += 1
+            left -= float(cost[idx])
+    return counts

@@ -116,6 +116,21 @@ def test_the_oracle_bound_is_at_most_the_grid_at_the_full_budget_and_summarised(
     assert summary["oracle_pick_bound_at_stop"] == bounds[summary["al_stop_budget"]]["oracle_pick_bound"]
     assert summary["oracle_flops_fraction_to_match_grid"] == 1.0 or bounds[0.2]["oracle_sd_ratio"] <= 1.0
     assert "counts" not in result["al"][1.0]  # the design's counts stay out of the printed JSON
+    assert set(result["oracle_design"]) == set(cfg.budgets)  # the oracle's decision design, made and fitted
+    assert summary["designs"]["oracle_design"]["0.2"]["pick_rate"] == result["oracle_design"][0.2]["pick"]
+    assert summary["oracle_design_pick_rate_at_stop"] == result["oracle_design"][summary["al_stop_budget"]]["pick"]
+
+
+def test_the_oracle_design_spends_its_budget_in_whole_runs_within_the_seed_cap():
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, al_max_seeds=2)
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(1))
+    base = bench.Runs.start(campaign, cfg).flops
+    for budget in (0.1, 0.5):
+        runs = bench._oracle_design(campaign, cfg, budget)
+        assert runs.flops <= budget * cfg.grid_flops * (1 + 1e-9)
+        # Rounding down and then up where the fractions are largest leaves less than one largest run unspent.
+        assert runs.flops > budget * cfg.grid_flops - 6.0 * cfg.n_max * max(d for _, d in cfg.pool())
+        assert runs.flops > base and bench._counts(runs).max() <= cfg.al_max_seeds
 
 
 def test_design_counts_leave_out_the_base_runs_the_bound_adds_itself():

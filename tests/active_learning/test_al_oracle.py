@@ -164,3 +164,48 @@ def test_the_pick_bound_beats_any_design_of_the_same_flops_and_agrees_with_a_gen
                             options=dict(maxiter=2000, ftol=1e-14))
     assert res.success
     assert bound == pytest.approx(float(special.ndtr(margin / res.fun)), rel=1e-4)
+
+
+def test_whole_runs_round_within_the_budget_and_never_past_the_relaxed_counts():
+    weights = np.array([[0.4, 2.7, 0.0], [1.0, 0.6, 3.2]])
+    cost = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    budget = float(np.sum(weights * cost))  # 20.8
+    counts = oracle.whole_runs(weights, cost, budget)
+    assert np.all(counts >= np.floor(weights)) and np.all(counts <= np.ceil(weights))
+    assert float(np.sum(counts * cost)) <= budget
+    # Down: [0, 2, 0; 1, 0, 3] costs 17. The largest fraction left, 0.7 (cost 2), fits; 0.6 (cost 2) no longer
+    # does, with 1.8 left; 0.4 (cost 1) does: 20.
+    np.testing.assert_array_equal(counts, [[1, 3, 0], [1, 0, 3]])
+    # With 18, one FLOP is left after the floors: the 0.7 and 0.6 runs cost 2, so the 0.4 run (cost 1) is added.
+    np.testing.assert_array_equal(oracle.whole_runs(weights, cost, 18.0), [[1, 2, 0], [1, 0, 3]])
+    np.testing.assert_array_equal(oracle.whole_runs(np.full((1, 2), 2.0), np.ones((1, 2)), 4.0), [[2, 2]])
+
+
+def test_the_decision_contrasts_are_each_rival_against_the_best_over_its_margin():
+    campaign = _campaign(k=4, seed=5)
+    g, _ = campaign.belief().target(campaign.target_flops)
+    order = np.argsort(g)
+    contrasts = oracle.decision_contrasts(campaign)
+    assert contrasts.shape == (3, 4, 5)
+    weights = np.random.default_rng(2).uniform(0, 2, (4, len(POOL)))
+    pair, margin = oracle.pick_contrast(campaign)
+    lin = oracle._Linearised.build(campaign)
+    sds, _ = lin.sds(weights, contrasts)
+    # The first is the runner-up's: the pick contrast over the pick margin.
+    assert sds[0] == pytest.approx(lin.sds(weights, pair)[0][0] / margin, rel=1e-10)
+    for i, rival in enumerate(order[1:]):
+        one = np.zeros((1, 4, 5))
+        one[0, order[0]], one[0, rival] = lin.grads[order[0]], -lin.grads[rival]
+        assert sds[i] == pytest.approx(lin.sds(weights, one)[0][0] / (g[rival] - g[order[0]]), rel=1e-10)
+
+
+def test_the_decision_design_is_best_for_its_objective_and_under_the_pair_bound():
+    campaign = _campaign(k=3, seed=4, pool=POOL[::2])
+    budget = 0.3 * oracle.evaluate(campaign, np.ones((3, 5))).flops
+    contrasts = oracle.decision_contrasts(campaign)
+    design = oracle.decision_design(campaign, budget)
+    assert np.sum(design.weights * oracle._Linearised.build(campaign).cost) == pytest.approx(budget)
+    for other in (oracle.optimal_design(campaign, budget).weights,
+                  oracle.optimal_design(campaign, budget, contrasts=oracle.pick_contrast(campaign)[0]).weights):
+        assert design.mean_sd <= oracle.evaluate(campaign, other, contrasts).mean_sd * (1 + 1e-4)
+    assert oracle.pick_probability(campaign, design.weights) <= oracle.pick_bound(campaign, budget) + 1e-9
