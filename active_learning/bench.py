@@ -390,7 +390,7 @@ def wilson_interval(successes: float, trials: int, level: float = 0.9) -> tuple[
 def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     """Per design and budget means, and the headline keys."""
     designs = {}
-    for design in ("grid", "random", "al") + (("oracle_design",) if all("oracle_design" in r for r in results) else ()):
+    for design in [d for d in ("grid", "random", "al", "oracle_design") if all(d in r for r in results)]:
         designs[design] = {
             str(b): {key: float(np.mean([r[design][b][key] for r in results]))
                      for key in ("mare", "best_error", "pick", "confidence")}
@@ -439,7 +439,7 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
 
 def _print_table(summary: dict, cfg: BenchConfig) -> None:
     ratios = summary.get("design_sd_ratios")
-    names = [d for d in ("grid", "random", "al", "oracle_design") if d in summary["designs"]]
+    names = list(summary["designs"])
     extra = "   sd/grid: best design, al   pick: bound, al (first order)" if ratios else ""
     print("budget  " + "  ".join(f"{d + ' mare/pick':>20s}" for d in names) + "  al P(best)" + extra)
     for b in cfg.budgets:

@@ -278,11 +278,18 @@ def pick_contrast(campaign: Campaign) -> tuple[np.ndarray, float]:
 
     Picking the best needs at least that its estimate beat the runner-up's.
     """
+    contrasts, margins = _rival_contrasts(campaign)
+    return contrasts[:1], float(margins[0])
+
+
+def _rival_contrasts(campaign: Campaign) -> tuple[np.ndarray, np.ndarray]:
+    """log L*(C*) of the true best minus each rival's, nearest rival first [K-1, K, p], and the true margins [K-1]."""
     g, grads = campaign.belief().target(campaign.target_flops)
-    best, second = np.argsort(g)[:2]
-    contrast = np.zeros((1, *grads.shape))
-    contrast[0, best], contrast[0, second] = grads[best], -grads[second]
-    return contrast, float(g[second] - g[best])
+    best, *rivals = np.argsort(g)
+    contrasts = np.zeros((len(rivals), *grads.shape))
+    for i, rival in enumerate(rivals):
+        contrasts[i, best], contrasts[i, rival] = grads[best], -grads[rival]
+    return contrasts, g[rivals] - g[best]
 
 
 def pick_probability(campaign: Campaign, weights: np.ndarray) -> float:
@@ -315,14 +322,8 @@ def decision_contrasts(campaign: Campaign) -> np.ndarray:
     of that pair, so their mean is small only when every rival, the close ones most, is told
     apart from the best: a smooth surrogate of the chance of a wrong pick, which needs all of them.
     """
-    g, grads = campaign.belief().target(campaign.target_flops)
-    order = np.argsort(g)
-    best = order[0]
-    out = np.zeros((len(g) - 1, *grads.shape))
-    for i, rival in enumerate(order[1:]):
-        margin = g[rival] - g[best]
-        out[i, best], out[i, rival] = grads[best] / margin, -grads[rival] / margin
-    return out
+    contrasts, margins = _rival_contrasts(campaign)
+    return contrasts / margins[:, None, None]
 
 
 def decision_design(campaign: Campaign, flop_budget: float, *, max_seeds: float = 4.0,
