@@ -71,6 +71,7 @@ from scipy import special
 from active_learning import allocate, oracle
 from active_learning.baselines import grid_design, random_design
 from active_learning.choose import DECISION_LOSSES, choose_next_runs
+from active_learning.hierarchical import DEPARTURE_FRAMES
 from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
 
@@ -460,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-seeds", type=int, default=None, help="active learning's seeds per point (default 4)")
     parser.add_argument("--oracle", action="store_true",
                         help="also compute the best design at the true laws at every budget (oracle.py; slower)")
-    parser.add_argument("--departures", choices=("centred", "natural", "learned"), default=None,
+    parser.add_argument("--departures", choices=DEPARTURE_FRAMES, default=None,
                         help="the pooled fit's departures: with each exponent's correlation with its level fitted "
                              "(learned, the default), independent at the campaign's centre, or independent in the "
                              "natural parameters, as the simulator draws them")

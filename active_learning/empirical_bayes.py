@@ -26,8 +26,8 @@ import numpy as np
 
 from active_learning import accelerate, allocate, laplace
 from active_learning.fit import FitConfig, fit_arrays
-from active_learning.hierarchical import (EXPONENTS, Data, Model, PoolingConfig, Prior, RunsByCandidate, State,
-                                          coupling_prior)
+from active_learning.hierarchical import (EVIDENCE_FRAMES, EXPONENTS, Data, Model, PoolingConfig, Prior,
+                                          RunsByCandidate, State, coupling_prior)
 from active_learning.noise import MIN_LOG_SCALE
 from active_learning.scaling_law import Reparam
 
@@ -250,6 +250,9 @@ class Estimated:
       hyper: sensitivity of theta to the hyperparameters times their sd [h, K, p] (laplace.hyper_sensitivity).
       log_pivots: with departures="learned", for each coupled exponent the log N (alpha) or log D (beta)
         at which its departures and its level's are independent a priori (0 is "natural").
+      neg_log_evidence: -log of the Laplace marginal likelihood times the hyperpriors at the estimate
+        (laplace.evidence): what the start, and with departures="evidence" the frame, was chosen by.
+      departures: the frame the departures were fitted in (with "evidence", the one it chose).
     """
 
     candidates: tuple[str, ...]
@@ -266,28 +269,58 @@ class Estimated:
     converged: bool
     hyper: np.ndarray | None = None
     log_pivots: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    neg_log_evidence: float = math.nan
+    departures: str = "centred"
 
 
 def estimate(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Estimated:
-    """Maximise the Laplace marginal likelihood from each start; keep the best."""
+    """Maximise the Laplace marginal likelihood (times the hyperpriors) from each start; keep the best.
+
+    With departures="evidence", estimate in each of EVIDENCE_FRAMES and keep the one the data
+    make more probable: both frames have the same hyperparameters, so their type-II maximum
+    likelihoods compare them without an Occam penalty between them (MacKay 1992, "Bayesian
+    interpolation"; Kass & Raftery 1995 for the Laplace approximation to the evidence).
+    """
+    if config.departures == "evidence":
+        # With shared exponents the frames are one model (hierarchical.py): fit it once.
+        frames = EVIDENCE_FRAMES if any(v in EXPONENTS for v in config.varying) else EVIDENCE_FRAMES[:1]
+        fits = [estimate(runs_by_candidate, dataclasses.replace(config, departures=frame)) for frame in frames]
+        return min(fits, key=lambda fit: fit.neg_log_evidence)
+    start = build_model(runs_by_candidate, config)
+    best, model, best_value, iters, converged = fit_starts(start, config)
+    post = laplace.posterior(model, best, best.noise_var, passes=3)
+    hyper = laplace.hyper_sensitivity(model, best, post)
+    data, pairs = model.data, model.pairs
+    pivots = tuple(g - g_natural for g, (_, _, g_natural) in zip(model.coupling, pairs))
+    return Estimated(data.candidates, model.reparam, model.thetas(best), best.mu, best.tau, best.log_s,
+                     laplace.t_inflate(model, best, post), data.flops_models, tuple(int(c) for c in data.counts),
+                     data.unique_tokens, iters, converged, hyper,
+                     {config.varying[x]: p for (_, x, _), p in zip(pairs, pivots)}, best_value, config.departures)
+
+
+def build_model(runs_by_candidate: RunsByCandidate, config: PoolingConfig) -> Model:
+    """The hierarchical model of these runs under this configuration, its couplings at zero."""
     data = Data.build(runs_by_candidate)
     law = config.build_law()
     reparam = law.reparam(float(np.mean(data.x.log_n)), float(np.mean(data.x.log_d)))
     prior = Prior.build(config, law, float(np.mean(data.log_y)))
     exponents = np.array([j for j, name in enumerate(law.param_names) if name in EXPONENTS], dtype=int)
     pairs = config.coupled_pairs(reparam)
-    start = Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents,
-                  pairs, (0.0,) * len(pairs))
+    return Model(law, config.build_noise(), reparam, data, prior, config.departure_map(reparam), exponents,
+                 pairs, (0.0,) * len(pairs))
+
+
+def fit_starts(start: Model, config: PoolingConfig) -> tuple[State, Model, float, int, bool]:
+    """Run the estimation from each initial mu; keep the start of greatest evidence (laplace.evidence).
+
+    Returns:
+      the chosen state, its model (with the couplings it settled on), its -log evidence, the
+      iterations it took, and whether it settled before config.max_iter.
+    """
     best, model, best_value, iters, converged = None, start, math.inf, 0, False
     for mu0 in _initial_mu(start, config):
         state, fitted, it, settled = _run(start, mu0, config)
-        value = laplace.marginal(fitted, state)
+        value = laplace.evidence(fitted, state)
         if value < best_value:
             best, model, best_value, iters, converged = state, fitted, value, it, settled
-    post = laplace.posterior(model, best, best.noise_var, passes=3)
-    hyper = laplace.hyper_sensitivity(model, best, post)
-    pivots = tuple(g - g_natural for g, (_, _, g_natural) in zip(model.coupling, pairs))
-    return Estimated(data.candidates, reparam, model.thetas(best), best.mu, best.tau, best.log_s,
-                     laplace.t_inflate(model, best, post), data.flops_models, tuple(int(c) for c in data.counts),
-                     data.unique_tokens, iters, converged, hyper,
-                     {config.varying[x]: p for (_, x, _), p in zip(pairs, pivots)})
+    return best, model, best_value, iters, converged

@@ -43,7 +43,8 @@ from active_learning.scaling_law import (MIN_EXPONENT, MUENNIGHOFF_R_D_STAR, MUE
 RunsByCandidate = Mapping[str, Sequence[Observation]]
 POOLABLE_LAWS = ("chinchilla", "data-constrained")
 EXPONENTS = ("alpha", "beta")
-DEPARTURE_FRAMES = ("centred", "natural", "learned")
+DEPARTURE_FRAMES = ("centred", "natural", "learned", "evidence")
+EVIDENCE_FRAMES = ("centred", "natural")  # what departures="evidence" chooses between
 DEFAULT_TAU_PRIOR = {"e": 0.05, "a": 0.3, "b": 0.3, "alpha": 0.05, "beta": 0.05, "log_rd_star": 0.5,
                      "log_rn_star": 0.5}
 
@@ -64,7 +65,9 @@ class PoolingConfig:
         so a steeper exponent also lowers the level at the campaign's scale), or "learned" (the
         default): the correlation of each varying exponent with its varying level (alpha with a,
         beta with b) is fitted, which puts the scale where they are independent wherever the data
-        say. With shared exponents (the default varying) the three are the same model.
+        say; or "evidence": both fixed frames are fitted and the one of greater marginal likelihood
+        kept (the same hyperparameters each, so the evidence compares them fairly; MacKay 1992).
+        With shared exponents (the default varying) they are all the same model.
       tau_prior: prior guess of each departure's sd (hyperprior scale, log or exponent units).
       tau_prior_weight: the hyperprior's weight, in pseudo-candidates.
       noise_prior: (sigma_0, weight): prior guess of the seed noise on log loss and its

@@ -107,10 +107,39 @@ def _occam(model: Model, state: State, step: float = 1e-6) -> tuple[float, np.nd
 
 
 def marginal(model: Model, state: State) -> float:
-    """Laplace approximation to -log p(y | mu, s, tau) (up to constants), at the current delta_hat."""
+    """Laplace approximation to -log p(y | mu, s, tau) (up to constants), at the current delta_hat.
+
+    The departures' prior normalisation K sum_j log tau_j is part of it: without it, fits with
+    different tau (other starts, other frames) would not compare, the wider prior looking better.
+    """
     if state.delta.shape[1] == 0:
         return model.objective(state)
-    return model.objective(state) + float(_half_log_det(model, model.thetas(state), state).sum())
+    occam = float(_half_log_det(model, model.thetas(state), state).sum())
+    return model.objective(state) + occam + _normaliser(model, state)
+
+
+def _normaliser(model: Model, state: State) -> float:
+    """K sum_j log tau_j: the departures' prior normalisation (constant while tau is)."""
+    return len(model.data.candidates) * float(np.sum(np.log(state.tau)))
+
+
+def evidence(model: Model, state: State) -> float:
+    """-log of what the hyperparameters' updates maximise: p(y | s, tau, g) times the hyperpriors.
+
+    The shared mu is integrated out too (its weak prior times the Laplace volume 0.5 log det of
+    the Schur complement), as the updates do: their departure variances include mu's share
+    (posterior's delta_cov). The hyperprior terms are those the updates of tau (scaled inverse
+    chi-squared of weight w: the update's gamma + w) and of the couplings (coupling_prior) imply.
+    """
+    shared_cov = posterior(model, state, state.noise_var).shared_cov
+    value = marginal(model, state) - 0.5 * float(np.linalg.slogdet(shared_cov)[1])
+    if state.delta.shape[1]:
+        w, tau = model.prior.tau_weight, state.tau
+        value += float(np.sum(w * np.log(tau) + 0.5 * w * model.prior.tau0**2 / tau**2))
+    for (_, _, g_natural), g in zip(model.pairs, model.coupling):
+        g0, s0 = coupling_prior(g_natural)
+        value += 0.5 * ((g - g0) / s0) ** 2
+    return value
 
 
 def marginal_step(model: Model, state: State) -> float:
@@ -136,7 +165,7 @@ def marginal_step(model: Model, state: State) -> float:
     else:
         occam = 0.0
     d_mu = s_inv @ g_mu
-    m0, slope, t = model.objective(state, r) + occam, float(g_mu @ d_mu), 1.0
+    m0, slope, t = model.objective(state, r) + occam + _normaliser(model, state), float(g_mu @ d_mu), 1.0
     d_delta = np.einsum("kmp,p->km", b, d_mu)
     while t > 1e-8:
         trial = dataclasses.replace(state, mu=state.mu - t * d_mu, delta=state.delta + t * d_delta)

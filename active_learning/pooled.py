@@ -73,7 +73,7 @@ def fit_pooled(runs_by_candidate: RunsByCandidate, config: PoolingConfig = Pooli
     return PooledFit(config.law, est.candidates, est.reparam.to_natural(est.theta), est.reparam.to_natural(est.mu),
                      tau, post.noise_var, est.log_scale, est.reparam, post.shared_cov, post.mixing, post.own_cov,
                      est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations, est.hyper,
-                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()}, est.converged)
+                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()}, est.converged, est.departures)
 
 
 # ---------------------------------------------------------------------------- the fitted campaign
@@ -112,6 +112,8 @@ class PooledFit:
         natural parameters.
       converged: whether the fit settled before its iteration cap (PoolingConfig.max_iter); if not,
         its estimates are the last iterate's, and a campaign says so.
+      departures: the frame the departures were fitted in (PoolingConfig.departures; with
+        "evidence", the frame the evidence chose).
     """
 
     law_name: str
@@ -133,6 +135,7 @@ class PooledFit:
     hyper: np.ndarray | None = None
     pivots: dict[str, float] = dataclasses.field(default_factory=dict)
     converged: bool = True
+    departures: str = "centred"
 
     def _hyper(self) -> np.ndarray:
         k, p, _ = self.mixing.shape

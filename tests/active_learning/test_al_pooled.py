@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from active_learning import allocate
+from active_learning import allocate, bench, empirical_bayes, laplace
 from active_learning.fit import FitConfig, fit_law
 from active_learning.pooled import PoolingConfig, fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla
@@ -115,12 +116,12 @@ def test_natural_and_centred_departures_are_the_same_model_when_only_levels_vary
     np.testing.assert_allclose(natural.stacked_cov(), centred.stacked_cov(), rtol=1e-8, atol=1e-14)
 
 
-def _coupled_campaign(rng, chinchilla_runs, isoflop_points, frame: str):
-    """16 candidates whose log A and alpha depart independently at N = 1 ("natural") or at the centre."""
+def _coupled_campaign(rng, chinchilla_runs, isoflop_points, frame: str, candidates: int = 16):
+    """Candidates (16 by default) whose log A and alpha depart independently at N = 1 ("natural") or at the centre."""
     n, d = isoflop_points(per_budget=5)
     log_n0 = float(np.mean(np.log(n)))
     runs = {}
-    for k in range(16):
+    for k in range(candidates):
         d_level, d_alpha = 0.3 * rng.standard_normal(), 0.03 * rng.standard_normal()
         if frame == "centred":
             d_level += d_alpha * log_n0  # log A = level at the centre + alpha log N0
@@ -152,6 +153,62 @@ def test_learned_departures_fit_as_well_as_the_frame_the_data_came_from(rng, chi
     # level prior to make up; learning the coupling recovers the natural frame's tighter predictions.
     assert spread["learned"] < spread["centred"]
     assert spread["learned"] == pytest.approx(spread["natural"], rel=0.25)
+
+
+@pytest.mark.parametrize("frame", ["natural", "centred"])
+def test_evidence_chooses_the_frame_the_data_came_from_and_fits_as_it_does(rng, chinchilla_runs, isoflop_points,
+                                                                          frame):
+    runs, _ = _coupled_campaign(rng, chinchilla_runs, isoflop_points, frame)
+    chosen = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures="evidence"))
+    assert chosen.departures == frame
+    alone = fit_pooled(runs, PoolingConfig(varying=("a", "alpha"), departures=frame))
+    np.testing.assert_array_equal(chosen.theta, alone.theta)
+    np.testing.assert_array_equal(chosen.stacked_cov(), alone.stacked_cov())
+    assert chosen.pivots == {} and alone.departures == frame
+
+
+@pytest.mark.parametrize("frame", ["centred", "natural", "learned"])
+def test_the_fitted_departure_scales_maximise_the_evidence_frames_are_compared_by(rng, chinchilla_runs,
+                                                                                isoflop_points, frame):
+    """laplace.evidence is the criterion the tau updates climb, so it is what ranks starts and frames.
+
+    Its derivative in each log tau_j vanishes at the fit; without the departures' normalisation
+    K log tau it would be about K (+8 here), and without integrating mu about +1: either would
+    favour wide priors, and so the centred frame on data drawn in the natural one.
+    """
+    runs, _ = _coupled_campaign(rng, chinchilla_runs, isoflop_points, "natural", candidates=8)
+    config = PoolingConfig(varying=("a", "alpha"), departures=frame)
+    state, model, value, _, converged = empirical_bayes.fit_starts(empirical_bayes.build_model(runs, config), config)
+    assert converged and value == pytest.approx(laplace.evidence(model, state))
+    step = 1e-3
+    for j in range(len(state.tau)):
+        moved = []
+        for sign in (-1.0, 1.0):
+            trial = dataclasses.replace(state, tau=state.tau * np.exp(sign * step * np.eye(len(state.tau))[j]),
+                                        delta=state.delta.copy())
+            laplace.solve_departures(model, trial)
+            moved.append(laplace.evidence(model, trial))
+        assert abs(moved[1] - moved[0]) / (2 * step) < 0.3
+
+
+def test_evidence_prefers_the_natural_frame_on_benchmark_campaigns_drawn_in_it():
+    """32 candidates from the benchmark's simulator, every parameter departing: the natural frame's
+    departures are independent, the centred frame's strongly correlated; the evidence says so."""
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=32, min_margin=0.0)
+    rng = np.random.default_rng(3)
+    runs = bench._fixed_design(bench.simulate_campaign(cfg, rng), cfg, "grid", 1.0, rng)
+    fits = {frame: empirical_bayes.estimate(runs.by_candidate, dataclasses.replace(cfg.pooling, departures=frame))
+            for frame in ("centred", "natural")}
+    assert fits["natural"].neg_log_evidence < fits["centred"].neg_log_evidence - 5.0
+    assert fit_pooled(runs.by_candidate, dataclasses.replace(cfg.pooling, departures="evidence")).departures == "natural"
+
+
+def test_evidence_fits_once_when_the_exponents_are_shared(rng, chinchilla_runs):
+    truths, runs = _campaign(rng, [5, 3, 1], chinchilla_runs)
+    chosen = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b"), departures="evidence"))
+    centred = fit_pooled(runs, PoolingConfig(varying=("e", "a", "b"), departures="centred"))
+    assert chosen.departures == "centred"
+    np.testing.assert_array_equal(chosen.theta, centred.theta)
 
 
 def test_learned_departures_are_the_centred_model_when_no_exponent_and_its_level_both_vary(rng, chinchilla_runs):
