@@ -73,7 +73,8 @@ def fit_pooled(runs_by_candidate: RunsByCandidate, config: PoolingConfig = Pooli
     return PooledFit(config.law, est.candidates, est.reparam.to_natural(est.theta), est.reparam.to_natural(est.mu),
                      tau, post.noise_var, est.log_scale, est.reparam, post.shared_cov, post.mixing, post.own_cov,
                      est.flops_models, est.n_runs, config.level, est.unique_tokens, est.iterations, est.hyper,
-                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()}, est.converged, est.departures)
+                     {name: float(math.exp(v)) for name, v in est.log_pivots.items()}, est.converged, est.departures,
+                     est.neg_log_evidence)
 
 
 # ---------------------------------------------------------------------------- the fitted campaign
@@ -114,6 +115,8 @@ class PooledFit:
         its estimates are the last iterate's, and a campaign says so.
       departures: the frame the departures were fitted in (PoolingConfig.departures; with
         "evidence", the frame the evidence chose).
+      neg_log_evidence: -log of the fit's Laplace evidence (laplace.evidence): fits of the same runs
+        under other configurations compare by it (lower is more probable).
     """
 
     law_name: str
@@ -136,6 +139,7 @@ class PooledFit:
     pivots: dict[str, float] = dataclasses.field(default_factory=dict)
     converged: bool = True
     departures: str = "centred"
+    neg_log_evidence: float = math.nan
 
     def _hyper(self) -> np.ndarray:
         k, p, _ = self.mixing.shape
