@@ -123,6 +123,10 @@ class PoolingConfig:
 
     def departure_map(self, reparam: Reparam) -> np.ndarray:
         """S [p, m]: how each departure moves the internal parameters ("learned" starts centred)."""
+        if self.departures == "evidence":
+            # Not a frame but a choice between two: a model built from it would silently be the centred one.
+            raise ValueError('departures="evidence" chooses between the centred and natural frames in '
+                             'empirical_bayes.estimate; a model needs one frame: pass "centred" or "natural"')
         names = self.build_law().param_names
         select = np.zeros((len(names), len(self.varying)))
         select[[names.index(v) for v in self.varying], np.arange(len(self.varying))] = 1.0

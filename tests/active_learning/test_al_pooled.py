@@ -215,6 +215,16 @@ def test_evidence_fits_once_when_the_exponents_are_shared(rng, chinchilla_runs):
     np.testing.assert_array_equal(chosen.theta, centred.theta)
 
 
+def test_a_model_cannot_be_built_in_the_evidence_frame(rng, chinchilla_runs):
+    # "evidence" chooses a frame; building one model from it must say so, not fall back to the centred one.
+    _, runs = _campaign(rng, [3, 2], chinchilla_runs)
+    with pytest.raises(ValueError, match="centred.*natural"):
+        empirical_bayes.build_model(runs, PoolingConfig(varying=("e", "alpha"), departures="evidence"))
+    natural, centred = (empirical_bayes.build_model(runs, PoolingConfig(varying=("e", "alpha"), departures=frame))
+                        for frame in ("natural", "centred"))
+    assert not np.allclose(natural.departure_map, centred.departure_map)  # a frame named is that frame
+
+
 def test_learned_departures_are_the_centred_model_when_no_exponent_and_its_level_both_vary(rng, chinchilla_runs):
     truths, runs = _campaign(rng, [5, 3, 1], chinchilla_runs)
     for varying in (("e", "a", "b"), ("e", "alpha")):
