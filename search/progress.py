@@ -62,7 +62,13 @@ class Progress:
         self.db, self.budget = db, budget_candidates
         self.console = console or Console()
         self.live = Live(console=self.console, refresh_per_second=2, transient=False) if self.console.is_terminal else None
-        self.message = ""
+        # Two slots: a step's message would otherwise overwrite a fit's warning on the
+        # panel, and the warning stands until a later fit settles, not until the next step.
+        self.step_message, self.warning = "", ""
+
+    @property
+    def message(self) -> str:
+        return "\n".join(m for m in (self.warning, self.step_message) if m)
 
     def __enter__(self) -> Progress:
         if self.live:
@@ -80,11 +86,9 @@ class Progress:
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
         if kind == "step" and info.get("message"):
-            self.message = info["message"]
-        if kind == "fit" and info.get("warning"):
-            self.message = WARNING + info["warning"]  # the words the fit's record keeps (judge.unsettled_warning)
-        elif kind == "fit" and self.message.startswith(WARNING):
-            self.message = ""  # a later fit settled
+            self.step_message = info["message"]
+        if kind == "fit":  # the words the fit's record keeps (judge.unsettled_warning); cleared when a later fit settles
+            self.warning = WARNING + info["warning"] if info.get("warning") else ""
         if self.live:
             self._draw()
             return

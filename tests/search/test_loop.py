@@ -305,5 +305,7 @@ def test_progress_says_when_the_pooled_fit_did_not_settle(tmp_path, capsys):
     # the live line says what the fit's record keeps, in the same words
     assert f"warning: {said}" in capsys.readouterr().out and progress.message == f"warning: {said}"
     assert _pooled_record(capped, 14).params["warning"] == said
+    progress("step", {"step": 3, "children": 2, "proposer": "mutator", "island": 0, "message": "island 0 reset"})
+    assert progress.message == f"warning: {said}\nisland 0 reset"  # a step's message does not hide the warning
     progress("fit", {"runs": 16, "planned": 2, "fitted": True, "warning": None})
-    assert progress.message == ""
+    assert progress.message == "island 0 reset"  # a settled fit clears the warning, not the step's message
