@@ -35,6 +35,9 @@ from active_learning.scaling_law import Features, Observation, Params, Reparam, 
 from active_learning.threads import one_blas_thread
 
 LOG_SCALED = ("e", "a", "b")  # natural parameters that are logs of positive constants
+# A fitted coordinate within this of a box bound (internal units: log E, exponents) is at the bound.
+# L-BFGS-B projects onto an active bound exactly; the slack covers a stop just short of it.
+AT_BOUND_TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +162,22 @@ class Fit:
         dof = self.n_obs - self.theta.size
         tail = 0.5 + 0.5 * self.level
         return float(special.stdtrit(dof, tail)) if dof > 0 else float(special.ndtri(tail))
+
+    def at_bound(self) -> dict[str, str]:
+        """The paper's parameters whose estimate sits on the fit's box bound: name -> 'lower' or 'upper'.
+
+        There the likelihood still improves past the bound, so the Laplace interval, whose
+        curvature sees no room to move, holds the parameter fixed: intervals and predictions
+        are conditional on it. The bounded coordinates are the law's own (no centring
+        shift), so the natural value is compared with the internal bound directly.
+        """
+        out = {}
+        for name, value, (lo, hi) in zip(self.law.describe(self.theta), self.theta, self.law.bounds()):
+            if lo is not None and value - lo <= AT_BOUND_TOLERANCE:
+                out[name] = "lower"
+            elif hi is not None and hi - value <= AT_BOUND_TOLERANCE:
+                out[name] = "upper"
+        return out
 
     def params(self) -> dict[str, Estimate]:
         """The paper's parameters (E, A, B, alpha, beta, ...) with Laplace intervals."""

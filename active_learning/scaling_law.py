@@ -142,7 +142,11 @@ class ScalingLaw(Protocol):
         """Starting points in natural coordinates, [m, p]."""
 
     def bounds(self) -> Bounds:
-        """Box bounds on the internal coordinates (None: unbounded)."""
+        """Box bounds on the internal coordinates (None: unbounded).
+
+        Only coordinates the reparametrisation leaves alone may be bounded, so a bound reads
+        the same in natural coordinates (Fit.at_bound relies on it).
+        """
 
     def reparam(self, log_n0: float, log_d0: float) -> Reparam:
         """Internal coordinates centred at (log N0, log D0)."""

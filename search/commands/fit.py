@@ -111,8 +111,12 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
         params[name] = _estimate(est)
         if name in boot:
             params[name]["bootstrap_lo"], params[name]["bootstrap_hi"] = boot[name]
+    at_bound = fit.at_bound()
+    for name, side in at_bound.items():
+        params[name]["at_bound"] = side
     out = {"law": args.law, "loss": args.loss, "n_runs": len(runs), "level": fit.level, "params": params,
-           "noise_sd": math.sqrt(fit.noise_var), "bootstrap": args.bootstrap, "warnings": _warnings(params, runs)}
+           "noise_sd": math.sqrt(fit.noise_var), "bootstrap": args.bootstrap,
+           "warnings": _bound_warnings(at_bound, params) + _warnings(params, runs)}
     if args.target_flops:
         a = fit.compute_optimal(args.target_flops)
         largest = max(6.0 * r.n * r.d for r in runs)
@@ -129,9 +133,27 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
     return out
 
 
+def _bound_warnings(at_bound: dict[str, str], params: dict) -> list[str]:
+    """One warning per parameter the fit pushed onto its bound: what that means, and what to do."""
+    out = []
+    for name, side in at_bound.items():
+        value = params[name]["value"]
+        if name == "E":
+            out.append(f"E is at its lower bound ({value:.3g}): these runs show no irreducible loss, so the fit is "
+                       "a pure power law. Its intervals, and the extrapolation's, hold E there, so they understate "
+                       "how much higher the loss may be at scale. Runs at larger N and D, where the loss flattens, "
+                       "determine E; or fit --law kaplan, which has no irreducible term")
+        else:
+            out.append(f"{name} is at its {side} bound ({value:.3g}): the likelihood would move it further, so "
+                       "its interval, and every interval and extrapolation through it, hold it there. Check the "
+                       "runs for a mistake, or add runs over a wider range of N and D")
+    return out
+
+
 def _warnings(params: dict, runs: list) -> list[str]:
     """What the user should know before trusting the fit: the parameters the runs do not pin down."""
-    poor = [name for name, e in params.items() if not e["sd"] <= POOR_RELATIVE_SD * abs(e["value"])]
+    poor = [name for name, e in params.items()
+            if "at_bound" not in e and not e["sd"] <= POOR_RELATIVE_SD * abs(e["value"])]
     if not poor:
         return []
     n, d = [min(r.n for r in runs), max(r.n for r in runs)], [min(r.d for r in runs), max(r.d for r in runs)]
@@ -168,7 +190,8 @@ def _print_text(result: dict) -> None:
     if result["bootstrap"]:
         table.add_column(f"bootstrap (K={result['bootstrap']})", justify="right")
     for name, e in result["params"].items():
-        cells = [name, f"{e['value']:.5g}", f"[{e['lo']:.5g}, {e['hi']:.5g}]"]
+        interval = f"at its {e['at_bound']} bound" if "at_bound" in e else f"[{e['lo']:.5g}, {e['hi']:.5g}]"
+        cells = [name, f"{e['value']:.5g}", interval]
         if "bootstrap_lo" in e:
             cells.append(f"[{e['bootstrap_lo']:.5g}, {e['bootstrap_hi']:.5g}]")
         table.add_row(*cells)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from active_learning.scaling_law import HOFFMANN_2022
 from search.cli import main
 
 
@@ -48,6 +49,24 @@ def test_a_fit_the_runs_do_not_pin_down_says_so(tmp_path, capsys):
     assert "alpha" in warning and "beta" in warning and "1.2 decades" in warning
     assert main(["fit", path]) == 0
     assert "warning: poorly determined" in capsys.readouterr().out
+
+
+def test_a_parameter_at_its_bound_is_reported_as_such_not_with_a_zero_width_interval(tmp_path, chinchilla_runs,
+                                                                                         capsys):
+    """Pure power-law runs (no irreducible loss) push E onto its bound; the report says so and what to do."""
+    theta = HOFFMANN_2022.copy()
+    theta[0] = -40.0
+    runs = chinchilla_runs(theta)
+    path = _write(tmp_path / "power.csv", ["N", "D", "loss"], [(r.n, r.d, r.loss) for r in runs])
+    assert main(["fit", path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"]["E"]["at_bound"] == "lower"
+    assert [k for k, e in out["params"].items() if "at_bound" in e] == ["E"]
+    assert out["warnings"][0].startswith("E is at its lower bound") and "--law kaplan" in out["warnings"][0]
+    assert not any(w.startswith("poorly determined") and "E" in w.split(".")[0] for w in out["warnings"])
+    assert main(["fit", path]) == 0
+    text = capsys.readouterr().out
+    assert "at its lower bound" in text and "warning: E is at its lower bound" in " ".join(text.split())
 
 
 def test_flops_column_stands_in_for_tokens(tmp_path, chinchilla_runs, capsys):

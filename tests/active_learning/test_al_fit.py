@@ -119,3 +119,14 @@ def test_fit_is_deterministic(chinchilla_runs):
 def test_observations_with_unique_tokens_set_the_allocation_budget(chinchilla_runs):
     runs = [Observation(r.n, r.d, r.loss, unique=1e13) for r in chinchilla_runs()]
     assert fit_law(runs).unique_tokens == 1e13
+
+
+def test_a_pure_power_law_puts_e_at_its_bound_and_the_fit_says_so(chinchilla_runs):
+    """With no irreducible loss in the data (E = 0), E goes to its bound and no interval can bound it."""
+    e_floor = Chinchilla().bounds()[0][0]
+    theta = HOFFMANN_2022.copy()
+    theta[0] = e_floor - 20.0  # E = exp(-40): nothing the fit can see
+    fit = fit_law(chinchilla_runs(theta))
+    assert fit.at_bound() == {"E": "lower"}
+    assert fit.theta[0] == pytest.approx(e_floor, abs=1e-4)
+    assert fit_law(chinchilla_runs()).at_bound() == {}  # Hoffmann's E 1.69 is well inside

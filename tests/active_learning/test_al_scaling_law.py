@@ -101,3 +101,15 @@ def test_observation_flops_default_to_6nd():
 def test_unknown_law_names_the_choices():
     with pytest.raises(ValueError, match="chinchilla"):
         get_law("gpt")
+
+
+@pytest.mark.parametrize("name", sorted(LAWS))
+def test_bounded_coordinates_are_left_alone_by_the_reparametrisation(name):
+    """Fit.at_bound compares natural values with the internal bounds: that holds only where M's row is e_i."""
+    law = get_law(name)
+    rep = law.reparam(18.0, 21.0)
+    bounded = [i for i, (lo, hi) in enumerate(law.bounds()) if lo is not None or hi is not None]
+    assert bounded  # every law bounds something (an exponent at least)
+    for i in bounded:
+        np.testing.assert_array_equal(rep.matrix[i], np.eye(len(law.param_names))[i])
+        assert rep.offset[i] == 0.0
