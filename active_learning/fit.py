@@ -38,6 +38,8 @@ LOG_SCALED = ("e", "a", "b")  # natural parameters that are logs of positive con
 # A fitted coordinate within this of a box bound (internal units: log E, exponents) is at the bound.
 # L-BFGS-B projects onto an active bound exactly; the slack covers a stop just short of it.
 AT_BOUND_TOLERANCE = 1e-4
+LAPLACE_RCOND = 1e-13  # eigenvalues of J^T J under this fraction of the largest carry no information
+NULL_LOADING = 1e-6  # a parameter loads on a dropped direction (a unit vector) above this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +141,10 @@ class Fit:
       level: nominal coverage of intervals.
       bootstrap: natural parameters refitted on resampled runs [K, p], or None.
       unique_tokens: unique-data budget used for allocation (data-constrained law).
+      undetermined: the paper's names of the parameters the runs carry no information on (a
+        direction the Laplace covariance drops, e.g. A and alpha when every run has one N;
+        not those at_bound names): their zero variance means nothing, nor does any
+        prediction through them.
     """
 
     law_name: str
@@ -151,6 +157,7 @@ class Fit:
     level: float = 0.9
     bootstrap: np.ndarray | None = None
     unique_tokens: float | None = None
+    undetermined: tuple[str, ...] = ()
 
     @property
     def law(self) -> ScalingLaw:
@@ -171,13 +178,7 @@ class Fit:
         are conditional on it. The bounded coordinates are the law's own (no centring
         shift), so the natural value is compared with the internal bound directly.
         """
-        out = {}
-        for name, value, (lo, hi) in zip(self.law.describe(self.theta), self.theta, self.law.bounds()):
-            if lo is not None and value - lo <= AT_BOUND_TOLERANCE:
-                out[name] = "lower"
-            elif hi is not None and hi - value <= AT_BOUND_TOLERANCE:
-                out[name] = "upper"
-        return out
+        return _at_bound(self.law, self.theta)
 
     def params(self) -> dict[str, Estimate]:
         """The paper's parameters (E, A, B, alpha, beta, ...) with Laplace intervals."""
@@ -347,16 +348,46 @@ def make_problem(x: Features, log_y: np.ndarray, config: FitConfig) -> _Problem:
     return _Problem(law, config.build_noise(), x, np.asarray(log_y, dtype=float), reparam)
 
 
-def laplace(problem: _Problem, z: np.ndarray) -> tuple[np.ndarray, float]:
-    """Natural-coordinate covariance sigma^2 M (J^T J)^+ M^T and the dispersion sigma^2."""
+def laplace(problem: _Problem, z: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Natural-coordinate covariance sigma^2 M (J^T J)^+ M^T, the dispersion sigma^2, and what it leaves out.
+
+    The pseudo-inverse drops the directions J^T J all but lacks (eigenvalues under
+    LAPLACE_RCOND of the largest) and gives them zero variance: there the runs carry no
+    information, not certainty. Those directions are returned in natural coordinates,
+    [p, k] (k = 0 when the runs inform every direction), so callers can say so.
+    """
     p = problem.n_params
     theta = problem.reparam.to_natural(z[:p])
     log_s = float(z[p]) if problem.noise.has_scale else 0.0
     f, jac = problem.law.log_loss_jac(theta, problem.x)
     sigma2 = dispersion(problem.noise, problem.log_y - f, log_s, dof=len(f) - p, n_params=p)
     jac_int = problem.reparam.jacobian(jac)
-    cov_int = sigma2 * np.linalg.pinv(jac_int.T @ jac_int, rcond=1e-13, hermitian=True)
-    return problem.reparam.covariance(cov_int), sigma2
+    info = jac_int.T @ jac_int
+    cov_int = sigma2 * np.linalg.pinv(info, rcond=LAPLACE_RCOND, hermitian=True)
+    eigval, eigvec = np.linalg.eigh(info)
+    dropped = eigvec[:, eigval <= LAPLACE_RCOND * np.max(np.abs(eigval))]
+    return problem.reparam.covariance(cov_int), sigma2, problem.reparam.matrix @ dropped
+
+
+def _at_bound(law: ScalingLaw, theta: np.ndarray) -> dict[str, str]:
+    out = {}
+    for name, value, (lo, hi) in zip(law.describe(theta), theta, law.bounds()):
+        if lo is not None and value - lo <= AT_BOUND_TOLERANCE:
+            out[name] = "lower"
+        elif hi is not None and hi - value <= AT_BOUND_TOLERANCE:
+            out[name] = "upper"
+    return out
+
+
+def _undetermined(law: ScalingLaw, theta: np.ndarray, null: np.ndarray) -> tuple[str, ...]:
+    """The parameters with a share in a direction the runs do not inform (laplace's dropped directions).
+
+    One on its bound is left out: the curvature cannot see past a bound either, and
+    at_bound says more (which way the likelihood would take it).
+    """
+    bound = _at_bound(law, theta)
+    return tuple(name for name, row in zip(law.describe(theta), null)
+                 if np.max(np.abs(row), initial=0.0) > NULL_LOADING and name not in bound)
 
 
 def _solve(problem: _Problem, starts: np.ndarray) -> optimize.OptimizeResult:
@@ -385,7 +416,7 @@ def fit_arrays(x: Features, log_y: np.ndarray, config: FitConfig = FitConfig(), 
     if len(x) < p + 1:
         raise ValueError(f"the {config.law} law has {p} parameters and needs at least {p + 1} runs; got {len(x)}")
     best = _solve(problem, _candidate_starts(problem, config.n_starts, config.start_grid))
-    cov, sigma2 = laplace(problem, best.x)
+    cov, sigma2, null = laplace(problem, best.x)
     boot = None
     if bootstrap > 0:
         if rng is None:
@@ -393,7 +424,9 @@ def fit_arrays(x: Features, log_y: np.ndarray, config: FitConfig = FitConfig(), 
         boot = _bootstrap(problem, best.x[:p], bootstrap, rng)
     theta = problem.reparam.to_natural(best.x[:p])
     log_s = float(best.x[p]) if problem.noise.has_scale else 0.0
-    return Fit(config.law, theta, cov, log_s, sigma2, len(x), float(best.fun), config.level, boot, unique_tokens)
+    undetermined = _undetermined(problem.law, theta, null)
+    return Fit(config.law, theta, cov, log_s, sigma2, len(x), float(best.fun), config.level, boot, unique_tokens,
+               undetermined)
 
 
 def _bootstrap(problem: _Problem, theta_internal: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -50,12 +50,21 @@ def _isoflop_panel(ax, fit: Fit, runs: Sequence[Observation]) -> None:
     ax.set_xlabel("parameters N")
     ax.set_ylabel("loss")
     ax.set_title("runs and fitted law along IsoFLOP lines")
-    if groups:
+    if ax.get_lines():  # a budget with one run draws no line, and an empty legend only warns
         ax.legend(fontsize=7)
 
 
 def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: float | None) -> None:
     flops = np.array([r.flops for r in runs])
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs C")
+    ax.set_ylabel("loss")
+    ax.set_title("extrapolation")
+    if fit.undetermined:  # a frontier through parameters the runs say nothing about is not worth drawing
+        ax.scatter(flops, [r.loss for r in runs], s=12, color="0.5")
+        ax.text(0.5, 0.5, f"not extrapolated: the runs do not determine {', '.join(fit.undetermined)}",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, wrap=True)
+        return
     top = target_flops or 100.0 * flops.max()
     grid = np.geomspace(flops.min(), max(top, flops.max()), 40)
     allocations = [fit.compute_optimal(float(c)) for c in grid]
@@ -68,10 +77,6 @@ def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: flo
         ax.errorbar([target_flops], [target.loss.value], fmt="o", color="C3",
                     yerr=[[target.loss.value - target.loss.lo], [target.loss.hi - target.loss.value]],
                     label=f"target C = {target_flops:.2g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs C")
-    ax.set_ylabel("loss")
-    ax.set_title("extrapolation")
     ax.legend(fontsize=7)
     if math.isfinite(float(np.min(flops))):
         ax.axvspan(float(flops.min()), float(flops.max()), color="0.9", zorder=0)

@@ -114,15 +114,22 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
     at_bound = fit.at_bound()
     for name, side in at_bound.items():
         params[name]["at_bound"] = side
+    undetermined = list(fit.undetermined)
+    for name in undetermined:
+        params[name]["determined"] = False
     out = {"law": args.law, "loss": args.loss, "n_runs": len(runs), "level": fit.level, "params": params,
            "noise_sd": math.sqrt(fit.noise_var), "bootstrap": args.bootstrap,
-           "warnings": _bound_warnings(at_bound, params) + _warnings(params, runs)}
+           "warnings": (_undetermined_warnings(undetermined, runs) + _bound_warnings(at_bound, params)
+                        + _warnings(params, runs))}
     if args.target_flops:
-        a = fit.compute_optimal(args.target_flops)
         largest = max(6.0 * r.n * r.d for r in runs)
-        out["target"] = {"flops": args.target_flops, "n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
-                         "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss),
-                         "times_largest_run": args.target_flops / largest}
+        out["target"] = {"flops": args.target_flops, "times_largest_run": args.target_flops / largest,
+                         "determined": not undetermined}
+        if undetermined:  # an allocation through a parameter the runs say nothing about is not a number to use
+            return out
+        a = fit.compute_optimal(args.target_flops)
+        out["target"] |= {"n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
+                          "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss)}
         if fit.bootstrap is not None:
             losses = [_bootstrap_loss(fit, theta, args.target_flops) for theta in fit.bootstrap]
             tail = 50.0 * (1.0 - fit.level)
@@ -131,6 +138,22 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
             out["target"]["loss"]["bootstrap_lo"] = float(np.nanpercentile(losses, tail))
             out["target"]["loss"]["bootstrap_hi"] = float(np.nanpercentile(losses, 100.0 - tail))
     return out
+
+
+def _spans(runs: list) -> str:
+    n, d = [min(r.n for r in runs), max(r.n for r in runs)], [min(r.d for r in runs), max(r.d for r in runs)]
+    return (f"N {n[0]:.3g} to {n[1]:.3g} ({math.log10(n[1] / n[0]):.1f} decades) and D {d[0]:.3g} "
+            f"to {d[1]:.3g} ({math.log10(d[1] / d[0]):.1f} decades)")
+
+
+def _undetermined_warnings(names: list[str], runs: list) -> list[str]:
+    """The parameters the runs carry no information on, and why nothing is extrapolated through them."""
+    if not names:
+        return []
+    distinct = f"{len({r.n for r in runs})} distinct N and {len({r.d for r in runs})} distinct D"
+    return [f"not determined: {', '.join(names)}. The runs carry no information on them ({distinct}: "
+            f"{_spans(runs)}), so their estimates are arbitrary and no compute-optimal allocation or "
+            "extrapolation is reported. Add runs at three or more distinct N and three or more distinct D"]
 
 
 def _bound_warnings(at_bound: dict[str, str], params: dict) -> list[str]:
@@ -152,15 +175,13 @@ def _bound_warnings(at_bound: dict[str, str], params: dict) -> list[str]:
 
 def _warnings(params: dict, runs: list) -> list[str]:
     """What the user should know before trusting the fit: the parameters the runs do not pin down."""
-    poor = [name for name, e in params.items()
-            if "at_bound" not in e and not e["sd"] <= POOR_RELATIVE_SD * abs(e["value"])]
+    poor = [name for name, e in params.items() if "at_bound" not in e and e.get("determined", True)
+            and not e["sd"] <= POOR_RELATIVE_SD * abs(e["value"])]
     if not poor:
         return []
-    n, d = [min(r.n for r in runs), max(r.n for r in runs)], [min(r.d for r in runs), max(r.d for r in runs)]
     return [f"poorly determined: {', '.join(poor)} (sd above {POOR_RELATIVE_SD:g} of the estimate). "
-            f"The runs span N {n[0]:.3g} to {n[1]:.3g} ({math.log10(n[1] / n[0]):.1f} decades) and D {d[0]:.3g} "
-            f"to {d[1]:.3g} ({math.log10(d[1] / d[0]):.1f} decades): add runs over a wider range of N and of D/N, "
-            "or fit a law with fewer parameters"]
+            f"The runs span {_spans(runs)}: add runs over a wider range of N and of D/N, or fit a law with "
+            "fewer parameters"]
 
 
 def _bootstrap_loss(fit, theta, flops: float) -> float:
@@ -190,7 +211,8 @@ def _print_text(result: dict) -> None:
     if result["bootstrap"]:
         table.add_column(f"bootstrap (K={result['bootstrap']})", justify="right")
     for name, e in result["params"].items():
-        interval = f"at its {e['at_bound']} bound" if "at_bound" in e else f"[{e['lo']:.5g}, {e['hi']:.5g}]"
+        interval = (f"at its {e['at_bound']} bound" if "at_bound" in e else "not determined"
+                    if not e.get("determined", True) else f"[{e['lo']:.5g}, {e['hi']:.5g}]")
         cells = [name, f"{e['value']:.5g}", interval]
         if "bootstrap_lo" in e:
             cells.append(f"[{e['bootstrap_lo']:.5g}, {e['bootstrap_hi']:.5g}]")
@@ -198,7 +220,10 @@ def _print_text(result: dict) -> None:
     console.print(table)
     console.print(f"noise (sd of log loss): {result['noise_sd']:.3g}")
     t = result.get("target")
-    if t:
+    if t and not t["determined"]:
+        console.print(f"at C = {t['flops']:.3g} FLOPs: not reported, the runs do not determine the law (see the "
+                      "warning)")
+    elif t:
         loss = t["loss"]
         console.print(f"at C = {t['flops']:.3g} FLOPs: N_opt = {t['n_opt']['value']:.3g} "
                       f"[{t['n_opt']['lo']:.3g}, {t['n_opt']['hi']:.3g}], D_opt = {t['d_opt']['value']:.3g} "

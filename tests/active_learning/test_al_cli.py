@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
+import numpy as np
 import pytest
 
 from active_learning.scaling_law import HOFFMANN_2022
@@ -67,6 +69,25 @@ def test_a_parameter_at_its_bound_is_reported_as_such_not_with_a_zero_width_inte
     assert main(["fit", path]) == 0
     text = capsys.readouterr().out
     assert "at its lower bound" in text and "warning: E is at its lower bound" in " ".join(text.split())
+
+
+def test_runs_at_one_n_report_the_undetermined_parameters_and_no_allocation(tmp_path, chinchilla_runs, capsys):
+    """Every run at N 1e8: A and alpha are arbitrary, so no N_opt is printed, in JSON, text or plot."""
+    d = [1e9 * 2**i for i in range(7)]
+    runs = chinchilla_runs(n=np.full(7, 1e8), d=np.array(d), noise=0.005, rng=np.random.default_rng(1))
+    path = _write(tmp_path / "one_n.csv", ["N", "D", "loss"], [(r.n, r.d, r.loss) for r in runs])
+    assert main(["fit", path, "--target-flops", "1e21", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [k for k, e in out["params"].items() if e.get("determined") is False] == ["A", "alpha"]
+    assert out["target"]["determined"] is False and "n_opt" not in out["target"] and "loss" not in out["target"]
+    assert out["warnings"][0].startswith("not determined: A, alpha") and "1 distinct N" in out["warnings"][0]
+    plot = tmp_path / "one_n.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the figure draws no frontier and no empty legend
+        assert main(["fit", path, "--target-flops", "1e21", "--plot", str(plot)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "not determined" in text and "not reported" in text and "N_opt" not in text
+    assert plot.stat().st_size > 0
 
 
 def test_flops_column_stands_in_for_tokens(tmp_path, chinchilla_runs, capsys):

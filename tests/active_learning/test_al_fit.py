@@ -130,3 +130,13 @@ def test_a_pure_power_law_puts_e_at_its_bound_and_the_fit_says_so(chinchilla_run
     assert fit.at_bound() == {"E": "lower"}
     assert fit.theta[0] == pytest.approx(e_floor, abs=1e-4)
     assert fit_law(chinchilla_runs()).at_bound() == {}  # Hoffmann's E 1.69 is well inside
+
+
+@pytest.mark.parametrize("vary, lost", [("d", ("A", "alpha")), ("n", ("B", "beta"))])
+def test_runs_at_one_n_or_one_d_leave_that_term_undetermined_and_the_fit_says_which(chinchilla_runs, vary, lost):
+    """With every run at one N the law's N term is a constant E absorbs: its zero Laplace variance is no information."""
+    one, many = np.full(7, 1e8), np.geomspace(1e8, 6.4e10, 7)
+    n, d = (one, many) if vary == "d" else (many, one * 100)
+    fit = fit_law(chinchilla_runs(n=n, d=d, noise=0.005, rng=np.random.default_rng(1)))
+    assert fit.undetermined == lost
+    assert fit_law(chinchilla_runs()).undetermined == ()  # IsoFLOP runs inform every direction
