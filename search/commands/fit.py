@@ -2,7 +2,8 @@
 
 The CSV has a header row with columns N, D (or C, training FLOPs, from which
 D = C / 6N) and loss; the data-constrained law also needs ``unique`` (unique
-tokens). Column names are case-insensitive.
+tokens). Column names are case-insensitive; commas, semicolons or tabs separate
+them, as a spreadsheet's export does (a byte-order mark is skipped).
 """
 
 from __future__ import annotations
@@ -52,17 +53,28 @@ def _number(row: dict, key: str, line: int) -> float:
     return value
 
 
+def _delimiter(header: str) -> str:
+    """Comma, or the semicolon or tab a spreadsheet writes where a comma is the decimal mark."""
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    return max(counts, key=lambda sep: (counts[sep], sep == ","))
+
+
 def read_runs(path: str, law: str) -> list:
     """Observations from the CSV at `path`; raises InputError with what to fix."""
     from active_learning.scaling_law import Observation
 
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
+        # utf-8-sig: a spreadsheet's CSV export starts with a byte-order mark, which would stick to "N".
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=_delimiter(first))
             header = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
             rows = list(reader)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text (UTF-8) CSV file") from None
     need = ["n", "loss"] + (["unique"] if law == "data-constrained" else [])
     missing = [c for c in need if c not in header]
     if "d" not in header and "c" not in header:

@@ -90,6 +90,27 @@ def test_runs_at_one_n_report_the_undetermined_parameters_and_no_allocation(tmp_
     assert plot.stat().st_size > 0
 
 
+@pytest.mark.parametrize("encoding, sep", [("utf-8-sig", ","), ("utf-8", ";"), ("utf-8", "\t")])
+def test_a_spreadsheet_export_reads_as_its_plain_csv(tmp_path, runs_csv, capsys, encoding, sep):
+    """A byte-order mark (Excel's UTF-8 CSV) and semicolon or tab separators give the same fit as the plain file."""
+    with open(runs_csv, newline="") as f:
+        rows = list(csv.reader(f))
+    path = tmp_path / "export.csv"
+    with open(path, "w", newline="", encoding=encoding) as f:
+        csv.writer(f, delimiter=sep).writerows(rows)
+    assert main(["fit", runs_csv, "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["fit", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == plain
+
+
+def test_a_binary_file_is_refused_with_exit_2(tmp_path, capsys):
+    path = tmp_path / "runs.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    assert main(["fit", str(path)]) == 2
+    assert "not a text (UTF-8) CSV" in capsys.readouterr().err
+
+
 def test_flops_column_stands_in_for_tokens(tmp_path, chinchilla_runs, capsys):
     runs = chinchilla_runs()
     path = _write(tmp_path / "c.csv", ["n", "C", "Loss"], [(r.n, 6 * r.n * r.d, r.loss) for r in runs])
