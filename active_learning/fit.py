@@ -362,11 +362,12 @@ def laplace(problem: _Problem, z: np.ndarray) -> tuple[np.ndarray, float, np.nda
     f, jac = problem.law.log_loss_jac(theta, problem.x)
     sigma2 = dispersion(problem.noise, problem.log_y - f, log_s, dof=len(f) - p, n_params=p)
     jac_int = problem.reparam.jacobian(jac)
-    info = jac_int.T @ jac_int
-    cov_int = sigma2 * np.linalg.pinv(info, rcond=LAPLACE_RCOND, hermitian=True)
-    eigval, eigvec = np.linalg.eigh(info)
-    dropped = eigvec[:, eigval <= LAPLACE_RCOND * np.max(np.abs(eigval))]
-    return problem.reparam.covariance(cov_int), sigma2, problem.reparam.matrix @ dropped
+    # One eigendecomposition gives both the pseudo-inverse (as np.linalg.pinv(hermitian=True)
+    # builds it) and the directions it drops, so the two cannot disagree on which those are.
+    eigval, eigvec = np.linalg.eigh(jac_int.T @ jac_int)
+    kept = np.abs(eigval) > LAPLACE_RCOND * np.max(np.abs(eigval))
+    cov_int = sigma2 * (eigvec[:, kept] / eigval[kept]) @ eigvec[:, kept].T
+    return problem.reparam.covariance(cov_int), sigma2, problem.reparam.matrix @ eigvec[:, ~kept]
 
 
 def _at_bound(law: ScalingLaw, theta: np.ndarray) -> dict[str, str]:
