@@ -94,9 +94,11 @@ def read_runs(path: str, law: str) -> list:
 
 
 def _fit(args: argparse.Namespace, runs: list):
+    """The fit, and the profile-likelihood limits of any parameter it left on its bound."""
     import numpy as np
 
     from active_learning.fit import FitConfig, fit_law
+    from active_learning.profile import bound_limits
     from active_learning.scaling_law import get_law
 
     p = len(get_law(args.law).param_names)
@@ -108,15 +110,20 @@ def _fit(args: argparse.Namespace, runs: list):
     if args.target_flops is not None and not args.target_flops > 0:
         raise InputError(f"--target-flops must be > 0, got {args.target_flops}")
     config = FitConfig(law=args.law, loss=args.loss)
-    return fit_law(runs, config, bootstrap=args.bootstrap, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    fit = fit_law(runs, config, bootstrap=args.bootstrap, rng=np.random.default_rng(BOOTSTRAP_SEED))
+    return fit, bound_limits(runs, config, fit)
 
 
 def _estimate(e) -> dict:
     return {"value": e.value, "sd": e.sd, "lo": e.lo, "hi": e.hi}
 
 
-def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
-    """Everything the command reports, as plain JSON-able values."""
+def result_dict(args: argparse.Namespace, fit, runs: list, limits: dict | None = None) -> dict:
+    """Everything the command reports, as plain JSON-able values.
+
+    limits: profile.bound_limits of the fit (name -> ProfileLimit), for the parameters at a bound.
+    """
+    limits = limits or {}
     boot = fit.bootstrap_params()
     params = {}
     for name, est in fit.params().items():
@@ -126,6 +133,8 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
     at_bound = fit.at_bound()
     for name, side in at_bound.items():
         params[name]["at_bound"] = side
+        if name in limits:  # None: the likelihood allows it anywhere up to the other bound
+            params[name]["profile_limit"] = limits[name].value
     undetermined = list(fit.undetermined)
     for name in undetermined:
         params[name]["determined"] = False
@@ -142,6 +151,10 @@ def result_dict(args: argparse.Namespace, fit, runs: list) -> dict:
         a = fit.compute_optimal(args.target_flops)
         out["target"] |= {"n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
                           "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss)}
+        at_limits = {name: _bootstrap_loss(fit, lim.theta, args.target_flops)
+                     for name, lim in limits.items() if lim.theta is not None}
+        if at_limits:  # the pessimistic law the runs still accept, for what the held-fixed interval leaves out
+            out["target"]["loss_at_limits"] = at_limits
         if fit.bootstrap is not None:
             losses = [_bootstrap_loss(fit, theta, args.target_flops) for theta in fit.bootstrap]
             tail = 50.0 * (1.0 - fit.level)
@@ -168,6 +181,18 @@ def _undetermined_warnings(names: list[str], runs: list) -> list[str]:
             "extrapolation is reported. Add runs at three or more distinct N and three or more distinct D"]
 
 
+def _limit_phrase(e: dict) -> str:
+    """What the profile likelihood says of a parameter at its bound, for a warning."""
+    if "profile_limit" not in e:
+        return ""
+    if e["profile_limit"] is None:
+        return " The runs set no limit on the other side within the fit's box."
+    side = "upper" if e["at_bound"] == "lower" else "lower"
+    reach = "up to" if side == "upper" else "down to"
+    return (f" Moved off the bound with the rest refitted, it can go {reach} {e['profile_limit']:.3g} before the "
+            f"runs object (the {side} end of its profile-likelihood interval).")
+
+
 def _bound_warnings(at_bound: dict[str, str], params: dict) -> list[str]:
     """One warning per parameter the fit pushed onto its bound: what that means, and what to do."""
     out = []
@@ -175,13 +200,15 @@ def _bound_warnings(at_bound: dict[str, str], params: dict) -> list[str]:
         value = params[name]["value"]
         if name == "E":
             out.append(f"E is at its lower bound ({value:.3g}): these runs show no irreducible loss, so the fit is "
-                       "a pure power law. Its intervals, and the extrapolation's, hold E there, so they understate "
-                       "how much higher the loss may be at scale. Runs at larger N and D, where the loss flattens, "
-                       "determine E; or fit --law kaplan, which has no irreducible term")
+                       "a pure power law. Its Laplace intervals, and the extrapolation's, hold E there, so they "
+                       f"understate how much higher the loss may be at scale.{_limit_phrase(params[name])} Runs at "
+                       "larger N and D, where the loss flattens, determine E; or fit --law kaplan, which has no "
+                       "irreducible term")
         else:
             out.append(f"{name} is at its {side} bound ({value:.3g}): the likelihood would move it further, so "
-                       "its interval, and every interval and extrapolation through it, hold it there. Check the "
-                       "runs for a mistake, or add runs over a wider range of N and D")
+                       "its Laplace interval, and every interval and extrapolation through it, hold it there."
+                       f"{_limit_phrase(params[name])} Check the runs for a mistake, or add runs over a wider "
+                       "range of N and D")
     return out
 
 
@@ -206,6 +233,16 @@ def _times(ratio: float) -> str:
     return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
 
 
+def _bound_cell(e: dict) -> str:
+    """'at its lower bound (<= 0.034)': the bound, and the profile limit on the open side."""
+    cell = f"at its {e['at_bound']} bound"
+    if "profile_limit" not in e:
+        return cell
+    if e["profile_limit"] is None:
+        return cell + " (no limit within the box)"
+    return cell + f" ({'<=' if e['at_bound'] == 'lower' else '>='} {e['profile_limit']:.5g})"
+
+
 def _print_text(result: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -223,7 +260,7 @@ def _print_text(result: dict) -> None:
     if result["bootstrap"]:
         table.add_column(f"bootstrap (K={result['bootstrap']})", justify="right")
     for name, e in result["params"].items():
-        interval = (f"at its {e['at_bound']} bound" if "at_bound" in e else "not determined"
+        interval = (_bound_cell(e) if "at_bound" in e else "not determined"
                     if not e.get("determined", True) else f"[{e['lo']:.5g}, {e['hi']:.5g}]")
         cells = [name, f"{e['value']:.5g}", interval]
         if "bootstrap_lo" in e:
@@ -245,6 +282,11 @@ def _print_text(result: dict) -> None:
         extra = f", bootstrap [{loss['bootstrap_lo']:.4f}, {loss['bootstrap_hi']:.4f}]" if "bootstrap_lo" in loss else ""
         console.print(f"predicted loss {loss['value']:.4f} ({level}% interval [{loss['lo']:.4f}, {loss['hi']:.4f}]"
                       f"{extra})")
+        for name, value in t.get("loss_at_limits", {}).items():
+            e = result["params"][name]
+            side = "upper" if e["at_bound"] == "lower" else "lower"
+            console.print(f"with {name} at {e['profile_limit']:.3g}, the {side} end of its {level}% profile interval, "
+                          f"the rest refitted: predicted loss {value:.4f}")
     for warning in result["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
@@ -252,8 +294,8 @@ def _print_text(result: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         runs = read_runs(args.runs, args.law)
-        fit = _fit(args, runs)
-        result = result_dict(args, fit, runs)
+        fit, limits = _fit(args, runs)
+        result = result_dict(args, fit, runs, limits)
         if args.plot:
             from active_learning.plot import plot_fit
 

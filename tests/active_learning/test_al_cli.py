@@ -71,6 +71,27 @@ def test_a_parameter_at_its_bound_is_reported_as_such_not_with_a_zero_width_inte
     assert "at its lower bound" in text and "warning: E is at its lower bound" in " ".join(text.split())
 
 
+def test_e_at_its_bound_reports_its_profile_upper_limit_and_the_loss_there(tmp_path, chinchilla_runs, capsys):
+    """Noisy pure power-law runs: E's cell, the JSON and the extrapolation carry the profile likelihood's upper end."""
+    theta = HOFFMANN_2022.copy()
+    theta[0] = -40.0
+    runs = chinchilla_runs(theta, noise=0.005, rng=np.random.default_rng(3))
+    path = _write(tmp_path / "power.csv", ["N", "D", "loss"], [(r.n, r.d, r.loss) for r in runs])
+    assert main(["fit", path, "--target-flops", "1e24", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    e = out["params"]["E"]
+    assert e["at_bound"] == "lower" and e["hi"] < e["profile_limit"] < min(r.loss for r in runs)
+    assert [k for k, p in out["params"].items() if "profile_limit" in p] == ["E"]
+    at_limit = out["target"]["loss_at_limits"]["E"]
+    assert at_limit > out["target"]["loss"]["hi"]  # the held-E interval leaves this law out
+    assert f"up to {e['profile_limit']:.3g}" in out["warnings"][0]
+    assert main(["fit", path, "--target-flops", "1e24"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"at its lower bound (<= {e['profile_limit']:.5g})" in text
+    assert f"with E at {e['profile_limit']:.3g}, the upper end of its 90% profile interval" in text
+    assert f"predicted loss {at_limit:.4f}" in text
+
+
 def test_runs_at_one_n_report_the_undetermined_parameters_and_no_allocation(tmp_path, chinchilla_runs, capsys):
     """Every run at N 1e8: A and alpha are arbitrary, so no N_opt is printed, in JSON, text or plot."""
     d = [1e9 * 2**i for i in range(7)]
