@@ -151,12 +151,12 @@ def result_dict(args: argparse.Namespace, fit, runs: list, limits: dict | None =
         a = fit.compute_optimal(args.target_flops)
         out["target"] |= {"n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
                           "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss)}
-        at_limits = {name: _bootstrap_loss(fit, lim.theta, args.target_flops)
+        at_limits = {name: _optimal_loss(fit, lim.theta, args.target_flops)
                      for name, lim in limits.items() if lim.theta is not None}
         if at_limits:  # the pessimistic law the runs still accept, for what the held-fixed interval leaves out
             out["target"]["loss_at_limits"] = at_limits
         if fit.bootstrap is not None:
-            losses = [_bootstrap_loss(fit, theta, args.target_flops) for theta in fit.bootstrap]
+            losses = [_optimal_loss(fit, theta, args.target_flops) for theta in fit.bootstrap]
             tail = 50.0 * (1.0 - fit.level)
             import numpy as np
 
@@ -181,13 +181,18 @@ def _undetermined_warnings(names: list[str], runs: list) -> list[str]:
             "extrapolation is reported. Add runs at three or more distinct N and three or more distinct D"]
 
 
+def _open_side(e: dict) -> str:
+    """The side of a parameter at its bound that the profile limit is on."""
+    return "upper" if e["at_bound"] == "lower" else "lower"
+
+
 def _limit_phrase(e: dict) -> str:
     """What the profile likelihood says of a parameter at its bound, for a warning."""
     if "profile_limit" not in e:
         return ""
     if e["profile_limit"] is None:
         return " The runs set no limit on the other side within the fit's box."
-    side = "upper" if e["at_bound"] == "lower" else "lower"
+    side = _open_side(e)
     reach = "up to" if side == "upper" else "down to"
     return (f" Moved off the bound with the rest refitted, it can go {reach} {e['profile_limit']:.3g} before the "
             f"runs object (the {side} end of its profile-likelihood interval).")
@@ -223,7 +228,8 @@ def _warnings(params: dict, runs: list) -> list[str]:
             "fewer parameters"]
 
 
-def _bootstrap_loss(fit, theta, flops: float) -> float:
+def _optimal_loss(fit, theta, flops: float) -> float:
+    """The loss at C's compute-optimal allocation under the law with parameters theta."""
     from active_learning import allocate
 
     return float(math.exp(allocate.optimal_log_loss(fit.law, theta, flops, unique_tokens=fit.unique_tokens)))
@@ -240,7 +246,7 @@ def _bound_cell(e: dict) -> str:
         return cell
     if e["profile_limit"] is None:
         return cell + " (no limit within the box)"
-    return cell + f" ({'<=' if e['at_bound'] == 'lower' else '>='} {e['profile_limit']:.5g})"
+    return cell + f" ({'<=' if _open_side(e) == 'upper' else '>='} {e['profile_limit']:.5g})"
 
 
 def _print_text(result: dict) -> None:
@@ -284,9 +290,8 @@ def _print_text(result: dict) -> None:
                       f"{extra})")
         for name, value in t.get("loss_at_limits", {}).items():
             e = result["params"][name]
-            side = "upper" if e["at_bound"] == "lower" else "lower"
-            console.print(f"with {name} at {e['profile_limit']:.3g}, the {side} end of its {level}% profile interval, "
-                          f"the rest refitted: predicted loss {value:.4f}")
+            console.print(f"with {name} at {e['profile_limit']:.3g}, the {_open_side(e)} end of its {level}% profile "
+                          f"interval, the rest refitted: predicted loss {value:.4f}")
     for warning in result["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
