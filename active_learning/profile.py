@@ -18,25 +18,40 @@ E[psi^2] / E[psi'] = mean(psi') sigma^2, with sigma^2 the same M-estimator dispe
 the Laplace covariance uses, so on an interior parameter of a well-determined fit the
 profile limit and the Laplace interval's end agree to first order (tested).
 
+The same test gives the compute-optimal loss at a target C its own interval
+(prediction_interval): minimise nll(z) -+ lambda g(z), g the log loss at C's
+compute-optimal allocation, and move lambda until the statistic reaches the
+threshold. Each lambda's minimiser is the profile's point at g(z_lambda) (the
+multiplier of the constrained fit g = v), so the search is over one scalar and each
+step is a bounded L-BFGS-B fit, the box's bounds honoured as in the parameter
+limits. Where the profile is not convex some values of g are no minimiser's, and the
+crossing is read off the convex hull between the two nearest minimisers, which gives
+an interval at least as wide as the profile's.
+
 References:
   Venzon & Moolgavkar 1988, "A method for computing profile-likelihood-based confidence intervals".
   Self & Liang 1987, asymptotics of likelihood-ratio tests with a parameter on the boundary.
+  Bertsekas 1982, "Constrained Optimization and Lagrange Multiplier Methods" (the multiplier
+    traces the constrained minima where the value function is convex).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import optimize
 
+from active_learning import allocate
 from active_learning.fit import Fit, FitConfig, _at_bound, _clip_to_bounds, _Problem, make_problem
 from active_learning.scaling_law import Features, Observation
 
 FIRST_STEP = 1e-3  # internal units (log E, exponents): the first probe's distance from the estimate
 UNBOUNDED_REACH = 64.0  # how far to look along a coordinate the box leaves open
 ROOT_TOLERANCE = 1e-6
+MAX_DOUBLINGS = 60  # of the multiplier, from an eighth of its first-order value: past it the box binds first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +133,13 @@ def profile_limit(problem: _Problem, z_hat: np.ndarray, index: int, direction: i
     return float(root), _refit(problem, inside_z, index, root).x
 
 
+def problem_at(runs: Sequence[Observation], config: FitConfig, fit: Fit) -> tuple[_Problem, np.ndarray]:
+    """The objective `fit` minimised, and its optimum in internal coordinates (with the log scale)."""
+    problem = make_problem(Features.from_observations(runs), np.log([r.loss for r in runs]), config)
+    z_hat = problem.reparam.to_internal(fit.theta)
+    return problem, (np.append(z_hat, fit.log_scale) if problem.noise.has_scale else z_hat)
+
+
 def bound_limits(runs: Sequence[Observation], config: FitConfig, fit: Fit) -> dict[str, ProfileLimit]:
     """For each parameter `fit` left on its box bound, the profile limit on the open side.
 
@@ -128,11 +150,7 @@ def bound_limits(runs: Sequence[Observation], config: FitConfig, fit: Fit) -> di
     at_bound = _at_bound(fit.law, fit.theta)
     if not at_bound:
         return {}
-    x = Features.from_observations(runs)
-    problem = make_problem(x, np.log([r.loss for r in runs]), config)
-    z_hat = problem.reparam.to_internal(fit.theta)
-    if problem.noise.has_scale:
-        z_hat = np.append(z_hat, fit.log_scale)
+    problem, z_hat = problem_at(runs, config, fit)
     names = list(fit.law.describe(fit.theta))
     out = {}
     for name, bound_side in at_bound.items():
@@ -146,3 +164,139 @@ def bound_limits(runs: Sequence[Observation], config: FitConfig, fit: Fit) -> di
         out[name] = ProfileLimit(name, side, fit.law.describe(theta)[name], theta)
     return out
 
+
+@dataclasses.dataclass(frozen=True)
+class ProfileInterval:
+    """Profile-likelihood interval of the loss at a target compute's compute-optimal allocation.
+
+    Attributes:
+      flops: the target compute C.
+      lo, hi: the interval's ends (loss, not log loss), or None where the likelihood does not
+        object anywhere the box allows: the runs do not bound the prediction on that side.
+      theta_lo, theta_hi: the law at each end, refitted (a law the runs accept), or None.
+    """
+
+    flops: float
+    lo: float | None
+    hi: float | None
+    theta_lo: np.ndarray | None
+    theta_hi: np.ndarray | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Point:
+    """One minimiser of nll -+ lambda g: its multiplier, g, the statistic and the coordinates."""
+
+    lam: float
+    g: float
+    statistic: float
+    z: np.ndarray
+
+
+def _optimal_log_loss_and_grad(problem: _Problem, z: np.ndarray, flops: float,
+                               unique_tokens: float | None) -> tuple[float, np.ndarray]:
+    """g(z) = log L at C's compute-optimal allocation, and its gradient in z (the scale's entry 0).
+
+    The allocation is itself optimal in (N, D), so by the envelope theorem the gradient is
+    the law's Jacobian at the allocation, N and D held there.
+    """
+    p = problem.n_params
+    theta = problem.reparam.to_natural(z[:p])
+    log_n, log_d = allocate.log_optimal_allocation(problem.law, theta, flops, unique_tokens=unique_tokens)
+    log_u = log_d if unique_tokens is None else min(math.log(unique_tokens), float(log_d))
+    x = Features(np.atleast_1d(float(log_n)), np.atleast_1d(float(log_d)), np.atleast_1d(float(log_u)))
+    f, jac = problem.law.log_loss_jac(theta, x)
+    return float(f[0]), np.append(problem.reparam.jacobian(jac)[0], np.zeros(z.size - p))
+
+
+def _multiplier_fit(problem: _Problem, z_start: np.ndarray, weight: float, flops: float,
+                    unique_tokens: float | None) -> optimize.OptimizeResult:
+    """argmin nll(z) + weight g(z), the log scale held at z_start's."""
+    p = problem.n_params
+    bounds = problem.bounds()
+    if problem.noise.has_scale:
+        bounds[p] = (float(z_start[p]), float(z_start[p]))
+
+    def objective(z):
+        value, grad = problem.value_and_grad(z)
+        g, g_grad = _optimal_log_loss_and_grad(problem, z, flops, unique_tokens)
+        return value + weight * g, grad + weight * g_grad
+
+    return optimize.minimize(objective, _clip_to_bounds(z_start, bounds), jac=True, method="L-BFGS-B",
+                             bounds=bounds, options=dict(maxiter=3000, maxcor=20, ftol=1e-15, gtol=1e-11))
+
+
+def hull_crossing(solve, first: float, threshold: float, origin: _Point) -> _Point | None:
+    """Where the statistic along the multiplier's path reaches `threshold`.
+
+    solve(lam, start) -> _Point minimises at multiplier lam from the point `start`. From
+    `first`, the multiplier doubles until the statistic crosses, then Brent's method
+    closes in; the end is interpolated linearly in the statistic between the nearest
+    minimisers either side (exact where the profile is smooth, the convex hull across a
+    jump where it is not). The returned point carries the inside minimiser's z.
+    Returns None if the statistic stays under the threshold for MAX_DOUBLINGS doublings.
+    """
+    inside, lam = origin, first
+    for _ in range(MAX_DOUBLINGS):
+        point = solve(lam, inside)
+        if point.statistic > threshold:
+            break
+        inside, lam = point, 2.0 * lam
+    else:
+        return None
+    outside, tried = point, [inside, point]
+
+    def excess(u: float) -> float:
+        nearest = max((t for t in tried if t.statistic <= threshold), key=lambda t: t.lam)
+        tried.append(solve(u, nearest))
+        return tried[-1].statistic - threshold
+
+    optimize.brentq(excess, inside.lam, outside.lam, xtol=ROOT_TOLERANCE * outside.lam, rtol=1e-12)
+    inside = max((t for t in tried if t.statistic <= threshold), key=lambda t: t.lam)
+    outside = min((t for t in tried if t.statistic > threshold), key=lambda t: t.lam)
+    share = (threshold - inside.statistic) / (outside.statistic - inside.statistic)
+    return _Point(inside.lam, inside.g + share * (outside.g - inside.g), threshold, inside.z)
+
+
+def prediction_interval(runs: Sequence[Observation], config: FitConfig, fit: Fit, flops: float,
+                        limits: dict[str, ProfileLimit] | None = None) -> ProfileInterval:
+    """Profile-likelihood interval of the loss at C's compute-optimal allocation under `fit`.
+
+    Unlike the Laplace interval it lets a parameter on its bound (E at 0) move off it, and
+    it follows the likelihood's shape rather than its curvature at the optimum; on a
+    well-determined fit the two agree to first order (tested). Same level as the fit's.
+
+    A parameter on its bound is a log (log E at -20): the likelihood and g are flat in it
+    there, so no gradient takes the multiplier's path off the bound. Every minimisation
+    therefore also starts from the laws at those parameters' profile limits (`limits`, from
+    bound_limits; computed when None), which lie where the parameter is off its bound.
+    """
+    limits = bound_limits(runs, config, fit) if limits is None else limits
+    problem, z_hat = problem_at(runs, config, fit)
+    nll_hat = problem.value_and_grad(z_hat)[0]
+    scale = _ratio_scale(problem, z_hat, fit.noise_var)
+    threshold = fit.quantile * fit.quantile
+    g_hat = _optimal_log_loss_and_grad(problem, z_hat, flops, fit.unique_tokens)[0]
+    loss = fit.compute_optimal(flops).loss
+    sd_g = loss.sd / loss.value if loss.sd > 0 else 1.0
+    # First order: lambda^2 var_g / scale^2 = q^2 (H^-1 = cov / scale), so start an eighth of the way.
+    first = fit.quantile * scale / sd_g / 8.0
+    off_bound = [np.append(problem.reparam.to_internal(lim.theta), z_hat[problem.n_params:])
+                 for lim in limits.values() if lim.theta is not None]
+    ends = {}
+    for side, sign in (("lo", 1.0), ("hi", -1.0)):
+        def solve(lam: float, start: _Point, sign=sign) -> _Point:
+            z = min((_multiplier_fit(problem, z0, sign * lam, flops, fit.unique_tokens) for z0 in [start.z, *off_bound]),
+                    key=lambda res: res.fun).x
+            g = _optimal_log_loss_and_grad(problem, z, flops, fit.unique_tokens)[0]
+            return _Point(lam, g, 2.0 * max(problem.value_and_grad(z)[0] - nll_hat, 0.0) / scale, z)
+
+        ends[side] = hull_crossing(solve, first, threshold, _Point(0.0, g_hat, 0.0, z_hat))
+
+    def loss_and_theta(point: _Point | None):
+        if point is None:
+            return None, None
+        return math.exp(point.g), problem.reparam.to_natural(point.z[: problem.n_params])
+
+    (lo, theta_lo), (hi, theta_hi) = loss_and_theta(ends["lo"]), loss_and_theta(ends["hi"])
+    return ProfileInterval(flops, lo, hi, theta_lo, theta_hi)

@@ -94,11 +94,12 @@ def read_runs(path: str, law: str) -> list:
 
 
 def _fit(args: argparse.Namespace, runs: list):
-    """The fit, and the profile-likelihood limits of any parameter it left on its bound."""
+    """The fit, the profile-likelihood limits of any parameter it left on its bound, and (with
+    --target-flops, where the runs determine the law) the profile interval of the loss at C."""
     import numpy as np
 
     from active_learning.fit import FitConfig, fit_law
-    from active_learning.profile import bound_limits
+    from active_learning.profile import bound_limits, prediction_interval
     from active_learning.scaling_law import get_law
 
     p = len(get_law(args.law).param_names)
@@ -111,17 +112,22 @@ def _fit(args: argparse.Namespace, runs: list):
         raise InputError(f"--target-flops must be > 0, got {args.target_flops}")
     config = FitConfig(law=args.law, loss=args.loss)
     fit = fit_law(runs, config, bootstrap=args.bootstrap, rng=np.random.default_rng(BOOTSTRAP_SEED))
-    return fit, bound_limits(runs, config, fit)
+    limits = bound_limits(runs, config, fit)
+    interval = None
+    if args.target_flops is not None and not fit.undetermined:
+        interval = prediction_interval(runs, config, fit, args.target_flops, limits)
+    return fit, limits, interval
 
 
 def _estimate(e) -> dict:
     return {"value": e.value, "sd": e.sd, "lo": e.lo, "hi": e.hi}
 
 
-def result_dict(args: argparse.Namespace, fit, runs: list, limits: dict | None = None) -> dict:
+def result_dict(args: argparse.Namespace, fit, runs: list, limits: dict | None = None, interval=None) -> dict:
     """Everything the command reports, as plain JSON-able values.
 
     limits: profile.bound_limits of the fit (name -> ProfileLimit), for the parameters at a bound.
+    interval: profile.prediction_interval of the loss at --target-flops, or None.
     """
     limits = limits or {}
     boot = fit.bootstrap_params()
@@ -151,6 +157,8 @@ def result_dict(args: argparse.Namespace, fit, runs: list, limits: dict | None =
         a = fit.compute_optimal(args.target_flops)
         out["target"] |= {"n_opt": _estimate(a.n), "d_opt": _estimate(a.d),
                           "tokens_per_parameter": a.tokens_per_parameter, "loss": _estimate(a.loss)}
+        if interval is not None:  # None at an end: the runs do not bound the prediction on that side
+            out["target"]["loss"] |= {"profile_lo": interval.lo, "profile_hi": interval.hi}
         at_limits = {name: _optimal_loss(fit, lim.theta, args.target_flops)
                      for name, lim in limits.items() if lim.theta is not None}
         if at_limits:  # the pessimistic law the runs still accept, for what the held-fixed interval leaves out
@@ -206,7 +214,8 @@ def _bound_warnings(at_bound: dict[str, str], params: dict) -> list[str]:
         if name == "E":
             out.append(f"E is at its lower bound ({value:.3g}): these runs show no irreducible loss, so the fit is "
                        "a pure power law. Its Laplace intervals, and the extrapolation's, hold E there, so they "
-                       f"understate how much higher the loss may be at scale.{_limit_phrase(params[name])} Runs at "
+                       "understate how much higher the loss may be at scale (the profile interval of the predicted "
+                       f"loss does not hold it).{_limit_phrase(params[name])} Runs at "
                        "larger N and D, where the loss flattens, determine E; or fit --law kaplan, which has no "
                        "irreducible term")
         else:
@@ -249,6 +258,13 @@ def _bound_cell(e: dict) -> str:
     return cell + f" ({'<=' if _open_side(e) == 'upper' else '>='} {e['profile_limit']:.5g})"
 
 
+def _profile_cell(loss: dict) -> str:
+    """'[0.2201, 0.2415]', an end the runs leave open written as the side it is on."""
+    lo = "(no lower limit" if loss["profile_lo"] is None else f"[{loss['profile_lo']:.4f}"
+    hi = "no upper limit)" if loss["profile_hi"] is None else f"{loss['profile_hi']:.4f}]"
+    return f"{lo}, {hi}"
+
+
 def _print_text(result: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -285,9 +301,10 @@ def _print_text(result: dict) -> None:
                       f"[{t['d_opt']['lo']:.3g}, {t['d_opt']['hi']:.3g}], "
                       f"{t['tokens_per_parameter']:.3g} tokens/parameter "
                       f"({_times(t['times_largest_run'])} the largest run's compute)")
-        extra = f", bootstrap [{loss['bootstrap_lo']:.4f}, {loss['bootstrap_hi']:.4f}]" if "bootstrap_lo" in loss else ""
-        console.print(f"predicted loss {loss['value']:.4f} ({level}% interval [{loss['lo']:.4f}, {loss['hi']:.4f}]"
-                      f"{extra})")
+        extra = f", profile {_profile_cell(loss)}" if "profile_lo" in loss else ""
+        extra += f", bootstrap [{loss['bootstrap_lo']:.4f}, {loss['bootstrap_hi']:.4f}]" if "bootstrap_lo" in loss else ""
+        console.print(f"predicted loss {loss['value']:.4f} ({level}% interval: Laplace [{loss['lo']:.4f}, "
+                      f"{loss['hi']:.4f}]{extra})")
         for name, value in t.get("loss_at_limits", {}).items():
             e = result["params"][name]
             console.print(f"with {name} at {e['profile_limit']:.3g}, the {_open_side(e)} end of its {level}% profile "
@@ -299,8 +316,8 @@ def _print_text(result: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         runs = read_runs(args.runs, args.law)
-        fit, limits = _fit(args, runs)
-        result = result_dict(args, fit, runs, limits)
+        fit, limits, interval = _fit(args, runs)
+        result = result_dict(args, fit, runs, limits, interval)
         if args.plot:
             from active_learning.plot import plot_fit
 

@@ -39,6 +39,10 @@ def test_json_round_trip_reports_parameters_and_the_target(runs_csv, capsys):
         largest = max(6 * float(row["N"]) * float(row["D"]) for row in csv.DictReader(f))
     assert target["times_largest_run"] == pytest.approx(5.76e23 / largest)
     assert out["warnings"] == []  # 35 runs over IsoFLOP budgets pin every parameter down
+    # A well-determined fit: the profile interval is near Laplace's (first order), not equal to it.
+    loss = target["loss"]
+    assert loss["profile_lo"] < loss["value"] < loss["profile_hi"]
+    assert loss["profile_lo"] != loss["lo"] and loss["profile_hi"] == pytest.approx(loss["hi"], rel=0.05)
 
 
 def test_a_fit_the_runs_do_not_pin_down_says_so(tmp_path, capsys):
@@ -83,13 +87,18 @@ def test_e_at_its_bound_reports_its_profile_upper_limit_and_the_loss_there(tmp_p
     assert e["at_bound"] == "lower" and e["hi"] < e["profile_limit"] < min(r.loss for r in runs)
     assert [k for k, p in out["params"].items() if "profile_limit" in p] == ["E"]
     at_limit = out["target"]["loss_at_limits"]["E"]
-    assert at_limit > out["target"]["loss"]["hi"]  # the held-E interval leaves this law out
+    loss = out["target"]["loss"]
+    assert at_limit > loss["hi"]  # the held-E interval leaves this law out
+    assert loss["profile_hi"] >= at_limit  # the profile interval of the loss does not: E moves off its bound there
+    assert "the profile interval of the predicted loss does not hold it" in out["warnings"][0]
     assert f"up to {e['profile_limit']:.3g}" in out["warnings"][0]
     assert main(["fit", path, "--target-flops", "1e24"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"at its lower bound (<= {e['profile_limit']:.5g})" in text
     assert f"with E at {e['profile_limit']:.3g}, the upper end of its 90% profile interval" in text
     assert f"predicted loss {at_limit:.4f}" in text
+    assert (f"Laplace [{loss['lo']:.4f}, {loss['hi']:.4f}], profile [{loss['profile_lo']:.4f}, "
+            f"{loss['profile_hi']:.4f}]") in text
 
 
 def test_runs_at_one_n_report_the_undetermined_parameters_and_no_allocation(tmp_path, chinchilla_runs, capsys):
