@@ -16,12 +16,15 @@ from active_learning.isoflop import group_by_budget
 from active_learning.scaling_law import Observation
 
 
-def plot_fit(fit: Fit, runs: Sequence[Observation], path: str, *, target_flops: float | None = None) -> None:
-    """Write a two-panel figure to `path` (format from the extension).
+def plot_fit(fit: Fit, runs: Sequence[Observation], path: str, *, target_flops: float | None = None,
+             target_interval: tuple[float | None, float | None] | None = None):
+    """Write a two-panel figure to `path` (format from the extension), and return the Figure.
 
     Left: loss against N for each IsoFLOP group of runs, with the fitted law along
-    that FLOP line. Right: the compute-optimal loss against C with its interval,
-    from the smallest run out to the target (or 100x the largest run).
+    that FLOP line. Right: the compute-optimal loss against C with its Laplace interval,
+    from the smallest run out to the target (or 100x the largest run), and at the target
+    `target_interval` (profile.prediction_interval's ends; None for an open end) beside it:
+    with E at its bound the Laplace band holds E there and is too narrow, the profile's not.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -30,9 +33,10 @@ def plot_fit(fit: Fit, runs: Sequence[Observation], path: str, *, target_flops: 
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     _isoflop_panel(left, fit, runs)
-    _frontier_panel(right, fit, runs, target_flops)
+    _frontier_panel(right, fit, runs, target_flops, target_interval)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def _isoflop_panel(ax, fit: Fit, runs: Sequence[Observation]) -> None:
@@ -54,7 +58,8 @@ def _isoflop_panel(ax, fit: Fit, runs: Sequence[Observation]) -> None:
         ax.legend(fontsize=7)
 
 
-def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: float | None) -> None:
+def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: float | None,
+                    target_interval: tuple[float | None, float | None] | None) -> None:
     flops = np.array([r.flops for r in runs])
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs C")
@@ -77,6 +82,17 @@ def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: flo
         ax.errorbar([target_flops], [target.loss.value], fmt="o", color="C3",
                     yerr=[[target.loss.value - target.loss.lo], [target.loss.hi - target.loss.value]],
                     label=f"target C = {target_flops:.2g}")
+        if target_interval is not None:
+            _profile_bar(ax, target_flops, target.loss.value, target_interval, fit.level)
     ax.legend(fontsize=7)
     if math.isfinite(float(np.min(flops))):
         ax.axvspan(float(flops.min()), float(flops.max()), color="0.9", zorder=0)
+
+
+def _profile_bar(ax, flops: float, value: float, interval: tuple[float | None, float | None], level: float) -> None:
+    """The profile interval at the target, a little right of the Laplace bar; an open end runs to the axis edge."""
+    lo, hi = interval
+    bottom, top = ax.get_ylim()
+    x = flops * 1.3
+    ax.plot([x, x], [bottom if lo is None else lo, max(top, value) if hi is None else hi], color="C1", lw=2,
+            ls="--", label=f"{round(100 * level)}% profile interval at the target")

@@ -322,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
             from active_learning.plot import plot_fit
 
             try:
-                plot_fit(fit, runs, args.plot, target_flops=args.target_flops)
+                plot_fit(fit, runs, args.plot, target_flops=args.target_flops,
+                         target_interval=None if interval is None else (interval.lo, interval.hi))
             except (OSError, ValueError) as e:
                 raise InputError(f"cannot write the plot to {args.plot}: {e}") from None
             result["plot"] = args.plot
