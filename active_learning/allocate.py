@@ -86,6 +86,12 @@ def elementwise_log_loss(law: ScalingLaw, theta: Params, log_n, log_d, log_uniqu
     return law.log_loss(theta, _point(log_n, log_d, log_unique))[..., 0]
 
 
+def elementwise_log_loss_jac(law: ScalingLaw, theta: Params, log_n, log_d, log_unique=None):
+    """log L [n] and its Jacobian [n, p] for theta [p] or [n, p], row i at its own (N, D) [n]."""
+    x = _point(log_n, log_d, log_unique)
+    return law.log_loss_jac(theta, Features(x.log_n[..., 0], x.log_d[..., 0], x.log_u[..., 0]))
+
+
 def _log_tokens(log_n, log_flops, flops_model: FlopsModel, inference_tokens: float):
     """log D that spends C = fpt(N) D + 2 N D_inf; -inf where inference alone exceeds C."""
     n = np.exp(log_n)

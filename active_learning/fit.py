@@ -220,8 +220,7 @@ class Fit:
         law = self.law
         log_n, log_d = (float(v) for v in allocate.log_optimal_allocation(law, self.theta, flops, **kw))
         log_u = None if self.unique_tokens is None else math.log(self.unique_tokens)
-        x = allocate._point(np.array([log_n]), np.array([log_d]), log_u)
-        g, jac = law.log_loss_jac(self.theta, Features(x.log_n[0], x.log_d[0], x.log_u[0]))
+        g, jac = allocate.elementwise_log_loss_jac(law, self.theta, np.array([log_n]), np.array([log_d]), log_u)
         q = self.quantile
         loss = log_normal_estimate(float(g[0]), math.sqrt(max(float(jac[0] @ self.cov @ jac[0]), 0.0)), q)
         grad_n = np.zeros(self.theta.size)
@@ -336,9 +335,17 @@ def _minimise(problem: _Problem, theta_internal: np.ndarray) -> optimize.Optimiz
     if problem.noise.has_scale:
         f = problem.law.log_loss(problem.reparam.to_natural(theta_internal), problem.x)
         z0 = np.append(z0, problem.noise.initial_log_scale(problem.log_y - f))
-    z0 = _clip_to_bounds(z0, problem.bounds())
-    return optimize.minimize(problem.value_and_grad, z0, jac=True, method="L-BFGS-B", bounds=problem.bounds(),
-                             options=dict(maxiter=3000, maxcor=20, ftol=1e-15, gtol=1e-11))
+    return lbfgs(problem.value_and_grad, z0, problem.bounds())
+
+
+def lbfgs(value_and_grad, z0: np.ndarray, bounds) -> optimize.OptimizeResult:
+    """L-BFGS-B from z0 (clipped into the box), run to the tight tolerances every fit here uses.
+
+    Tight, because loose stops leave intervals that reflect the optimiser, not the data
+    (Besiroglu et al. 2024).
+    """
+    return optimize.minimize(value_and_grad, _clip_to_bounds(z0, bounds), jac=True, method="L-BFGS-B",
+                             bounds=bounds, options=dict(maxiter=3000, maxcor=20, ftol=1e-15, gtol=1e-11))
 
 
 def make_problem(x: Features, log_y: np.ndarray, config: FitConfig) -> _Problem:

@@ -83,16 +83,16 @@ def _frontier_panel(ax, fit: Fit, runs: Sequence[Observation], target_flops: flo
                     yerr=[[target.loss.value - target.loss.lo], [target.loss.hi - target.loss.value]],
                     label=f"target C = {target_flops:.2g}")
         if target_interval is not None:
-            _profile_bar(ax, target_flops, target.loss.value, target_interval, fit.level)
+            _profile_bar(ax, target_flops, target_interval, fit.level)
     ax.legend(fontsize=7)
     if math.isfinite(float(np.min(flops))):
         ax.axvspan(float(flops.min()), float(flops.max()), color="0.9", zorder=0)
 
 
-def _profile_bar(ax, flops: float, value: float, interval: tuple[float | None, float | None], level: float) -> None:
+def _profile_bar(ax, flops: float, interval: tuple[float | None, float | None], level: float) -> None:
     """The profile interval at the target, a little right of the Laplace bar; an open end runs to the axis edge."""
     lo, hi = interval
     bottom, top = ax.get_ylim()
     x = flops * 1.3
-    ax.plot([x, x], [bottom if lo is None else lo, max(top, value) if hi is None else hi], color="C1", lw=2,
-            ls="--", label=f"{round(100 * level)}% profile interval at the target")
+    ax.plot([x, x], [bottom if lo is None else lo, top if hi is None else hi], color="C1", lw=2, ls="--",
+            label=f"{round(100 * level)}% profile interval at the target")

@@ -24,7 +24,7 @@ from scipy import special
 from active_learning import allocate
 from active_learning.empirical_bayes import estimate
 from active_learning.hierarchical import EXPONENTS, PoolingConfig, RunsByCandidate
-from active_learning.scaling_law import MIN_EXPONENT, Features, Reparam, ScalingLaw, get_law
+from active_learning.scaling_law import MIN_EXPONENT, Reparam, ScalingLaw, get_law
 from active_learning.threads import one_blas_thread
 
 __all__ = ["PoolingConfig", "PooledFit", "RunsByCandidate", "TargetPrediction", "fit_pooled"]
@@ -198,8 +198,7 @@ class PooledFit:
         """
         log_n, log_d, g = self.target_allocation(self.theta, target_flops, inference_tokens)
         log_u = None if self.unique_tokens is None else math.log(self.unique_tokens)
-        x = allocate._point(log_n, log_d, log_u)
-        _, jac = self.law.log_loss_jac(self.theta, Features(x.log_n[:, 0], x.log_d[:, 0], x.log_u[:, 0]))
+        _, jac = allocate.elementwise_log_loss_jac(self.law, self.theta, log_n, log_d, log_u)
         grad = self.reparam.jacobian(jac)  # internal coordinates [K, p]
         a = np.einsum("kab,ka->kb", self.mixing, grad)
         cov = a @ self.shared_cov @ a.T + np.diag(np.einsum("ka,kab,kb->k", grad, self.own_cov, grad))

@@ -45,7 +45,7 @@ import numpy as np
 from scipy import optimize
 
 from active_learning import allocate
-from active_learning.fit import Fit, FitConfig, _at_bound, _clip_to_bounds, _Problem, make_problem
+from active_learning.fit import Fit, FitConfig, _at_bound, _Problem, lbfgs, make_problem
 from active_learning.scaling_law import Features, Observation
 
 FIRST_STEP = 1e-3  # internal units (log E, exponents): the first probe's distance from the estimate
@@ -81,8 +81,7 @@ def _refit(problem: _Problem, z_start: np.ndarray, index: int, v: float) -> opti
         bounds[p] = (float(z_start[p]), float(z_start[p]))
     z0 = z_start.copy()
     z0[index] = v
-    return optimize.minimize(problem.value_and_grad, _clip_to_bounds(z0, bounds), jac=True, method="L-BFGS-B",
-                             bounds=bounds, options=dict(maxiter=3000, maxcor=20, ftol=1e-15, gtol=1e-11))
+    return lbfgs(problem.value_and_grad, z0, bounds)
 
 
 def _ratio_scale(problem: _Problem, z_hat: np.ndarray, sigma2: float) -> float:
@@ -193,20 +192,24 @@ class _Point:
     z: np.ndarray
 
 
-def _optimal_log_loss_and_grad(problem: _Problem, z: np.ndarray, flops: float,
-                               unique_tokens: float | None) -> tuple[float, np.ndarray]:
-    """g(z) = log L at C's compute-optimal allocation, and its gradient in z (the scale's entry 0).
+def _optimal_log_loss_jac(law, theta: np.ndarray, flops: float, unique_tokens: float | None):
+    """g = log L at C's compute-optimal allocation under theta, and its gradient in theta (natural).
 
     The allocation is itself optimal in (N, D), so by the envelope theorem the gradient is
     the law's Jacobian at the allocation, N and D held there.
     """
+    log_n, log_d = allocate.log_optimal_allocation(law, theta, flops, unique_tokens=unique_tokens)
+    log_u = None if unique_tokens is None else math.log(unique_tokens)
+    f, jac = allocate.elementwise_log_loss_jac(law, theta, np.atleast_1d(log_n), np.atleast_1d(log_d), log_u)
+    return float(f[0]), jac[0]
+
+
+def _optimal_log_loss_and_grad(problem: _Problem, z: np.ndarray, flops: float,
+                               unique_tokens: float | None) -> tuple[float, np.ndarray]:
+    """g(z) and its gradient in z, the internal coordinates (the scale's entry 0)."""
     p = problem.n_params
-    theta = problem.reparam.to_natural(z[:p])
-    log_n, log_d = allocate.log_optimal_allocation(problem.law, theta, flops, unique_tokens=unique_tokens)
-    log_u = log_d if unique_tokens is None else min(math.log(unique_tokens), float(log_d))
-    x = Features(np.atleast_1d(float(log_n)), np.atleast_1d(float(log_d)), np.atleast_1d(float(log_u)))
-    f, jac = problem.law.log_loss_jac(theta, x)
-    return float(f[0]), np.append(problem.reparam.jacobian(jac)[0], np.zeros(z.size - p))
+    g, jac = _optimal_log_loss_jac(problem.law, problem.reparam.to_natural(z[:p]), flops, unique_tokens)
+    return g, np.append(problem.reparam.jacobian(jac), np.zeros(z.size - p))
 
 
 def _multiplier_fit(problem: _Problem, z_start: np.ndarray, weight: float, flops: float,
@@ -222,8 +225,7 @@ def _multiplier_fit(problem: _Problem, z_start: np.ndarray, weight: float, flops
         g, g_grad = _optimal_log_loss_and_grad(problem, z, flops, unique_tokens)
         return value + weight * g, grad + weight * g_grad
 
-    return optimize.minimize(objective, _clip_to_bounds(z_start, bounds), jac=True, method="L-BFGS-B",
-                             bounds=bounds, options=dict(maxiter=3000, maxcor=20, ftol=1e-15, gtol=1e-11))
+    return lbfgs(objective, z_start, bounds)
 
 
 def hull_crossing(solve, first: float, threshold: float, origin: _Point) -> _Point | None:
@@ -276,9 +278,9 @@ def prediction_interval(runs: Sequence[Observation], config: FitConfig, fit: Fit
     nll_hat = problem.value_and_grad(z_hat)[0]
     scale = _ratio_scale(problem, z_hat, fit.noise_var)
     threshold = fit.quantile * fit.quantile
-    g_hat = _optimal_log_loss_and_grad(problem, z_hat, flops, fit.unique_tokens)[0]
-    loss = fit.compute_optimal(flops).loss
-    sd_g = loss.sd / loss.value if loss.sd > 0 else 1.0
+    g_hat, jac = _optimal_log_loss_jac(fit.law, fit.theta, flops, fit.unique_tokens)
+    var_g = float(jac @ fit.cov @ jac)  # Laplace's, as Fit.compute_optimal has it
+    sd_g = math.sqrt(var_g) if var_g > 0 else 1.0
     # First order: lambda^2 var_g / scale^2 = q^2 (H^-1 = cov / scale), so start an eighth of the way.
     first = fit.quantile * scale / sd_g / 8.0
     off_bound = [np.append(problem.reparam.to_internal(lim.theta), z_hat[problem.n_params:])
