@@ -19,12 +19,14 @@ the Laplace covariance uses, so on an interior parameter of a well-determined fi
 profile limit and the Laplace interval's end agree to first order (tested).
 
 The same test gives the compute-optimal loss at a target C its own interval
-(prediction_interval): minimise nll(z) -+ lambda g(z), g the log loss at C's
-compute-optimal allocation, and move lambda until the statistic reaches the
-threshold. Each lambda's minimiser is the profile's point at g(z_lambda) (the
+(prediction_interval): minimise nll(z) -+ lambda g(z) + mu/2 (g(z) - g_hat)^2, g the
+log loss at C's compute-optimal allocation, and move lambda until the statistic reaches
+the threshold. Each lambda's minimiser is the profile's point at g(z_lambda) (the
 multiplier of the constrained fit g = v), so the search is over one scalar and each
 step is a bounded L-BFGS-B fit, the box's bounds honoured as in the parameter
-limits. Where the profile is not convex some values of g are no minimiser's, and the
+limits. The quadratic (augmented-Lagrangian) term keeps the objective bounded below:
+without it a robust nll, which grows at most linearly in g, lets a large multiplier
+run the fit off to an absurd law. Where the profile is not convex some values of g are no minimiser's, and the
 crossing is read off the convex hull between the two nearest minimisers, which gives
 an interval at least as wide as the profile's.
 
@@ -213,8 +215,16 @@ def _optimal_log_loss_and_grad(problem: _Problem, z: np.ndarray, flops: float,
 
 
 def _multiplier_fit(problem: _Problem, z_start: np.ndarray, weight: float, flops: float,
-                    unique_tokens: float | None) -> optimize.OptimizeResult:
-    """argmin nll(z) + weight g(z), the log scale held at z_start's."""
+                    unique_tokens: float | None, centre: float, curvature: float) -> optimize.OptimizeResult:
+    """argmin nll(z) + weight g(z) + curvature/2 (g(z) - centre)^2, the log scale held at z_start's.
+
+    The quadratic term is the augmented Lagrangian's (Bertsekas 1982, ch. 2). Without it the
+    objective is unbounded below wherever nll grows slower than linearly in g: the Student-t
+    nll grows as log |residual|, the Huber one linearly with slope n delta / sigma^2, which a
+    large multiplier (a C inside the runs, where g is pinned) exceeds, so L-BFGS-B ran off to
+    log L ~ 1e32. With it every minimiser is still the profile's point at its own g (any z with
+    the same g and a lower nll would beat it), and it also reaches non-convex parts of the profile.
+    """
     p = problem.n_params
     bounds = problem.bounds()
     if problem.noise.has_scale:
@@ -223,7 +233,8 @@ def _multiplier_fit(problem: _Problem, z_start: np.ndarray, weight: float, flops
     def objective(z):
         value, grad = problem.value_and_grad(z)
         g, g_grad = _optimal_log_loss_and_grad(problem, z, flops, unique_tokens)
-        return value + weight * g, grad + weight * g_grad
+        pull = weight + curvature * (g - centre)
+        return value + weight * g + 0.5 * curvature * (g - centre) ** 2, grad + pull * g_grad
 
     return lbfgs(objective, z_start, bounds)
 
@@ -281,14 +292,17 @@ def prediction_interval(runs: Sequence[Observation], config: FitConfig, fit: Fit
     g_hat, jac = _optimal_log_loss_jac(fit.law, fit.theta, flops, fit.unique_tokens)
     var_g = float(jac @ fit.cov @ jac)  # Laplace's, as Fit.compute_optimal has it
     sd_g = math.sqrt(var_g) if var_g > 0 else 1.0
-    # First order: lambda^2 var_g / scale^2 = q^2 (H^-1 = cov / scale), so start an eighth of the way.
-    first = fit.quantile * scale / sd_g / 8.0
+    # The augmented term's curvature: the profile's own to first order (stat = (g - g_hat)^2 / var_g,
+    # nll = scale stat / 2). At the threshold the multiplier is then (curvature + scale / var_g) q sd_g,
+    # twice the plain Lagrangian's, so start an eighth of the way there.
+    curvature = scale / (sd_g * sd_g)
+    first = 2.0 * fit.quantile * scale / sd_g / 8.0
     off_bound = [np.append(problem.reparam.to_internal(lim.theta), z_hat[problem.n_params:])
                  for lim in limits.values() if lim.theta is not None]
     ends = {}
     for side, sign in (("lo", 1.0), ("hi", -1.0)):
         def solve(lam: float, start: _Point, sign=sign) -> _Point:
-            z = min((_multiplier_fit(problem, z0, sign * lam, flops, fit.unique_tokens) for z0 in [start.z, *off_bound]),
+            z = min((_multiplier_fit(problem, z0, sign * lam, flops, fit.unique_tokens, g_hat, curvature) for z0 in [start.z, *off_bound]),
                     key=lambda res: res.fun).x
             g = _optimal_log_loss_and_grad(problem, z, flops, fit.unique_tokens)[0]
             return _Point(lam, g, 2.0 * max(problem.value_and_grad(z)[0] - nll_hat, 0.0) / scale, z)

@@ -94,11 +94,13 @@ def read_runs(path: str, law: str) -> list:
 
 
 def _fit(args: argparse.Namespace, runs: list):
-    """The fit, the profile-likelihood limits of any parameter it left on its bound, and (with
-    --target-flops, where the runs determine the law) the profile interval of the loss at C."""
+    """The fit; the profile-likelihood limits of any parameter it left on its bound; and, where
+    the runs determine the law, the profile interval of the loss at --target-flops and (with
+    --plot) the profile band along C that the plot draws, ending at that interval."""
     import numpy as np
 
     from active_learning.fit import FitConfig, fit_law
+    from active_learning.plot import PROFILE_POINTS, frontier_flops
     from active_learning.profile import bound_limits, prediction_interval
     from active_learning.scaling_law import get_law
 
@@ -113,10 +115,14 @@ def _fit(args: argparse.Namespace, runs: list):
     config = FitConfig(law=args.law, loss=args.loss)
     fit = fit_law(runs, config, bootstrap=args.bootstrap, rng=np.random.default_rng(BOOTSTRAP_SEED))
     limits = bound_limits(runs, config, fit)
-    interval = None
+    interval = band = None
     if args.target_flops is not None and not fit.undetermined:
         interval = prediction_interval(runs, config, fit, args.target_flops, limits)
-    return fit, limits, interval
+    if args.plot and not fit.undetermined:
+        grid = frontier_flops(runs, args.target_flops, PROFILE_POINTS)
+        band = [prediction_interval(runs, config, fit, float(c), limits) for c in grid[:-1]]
+        band.append(interval or prediction_interval(runs, config, fit, float(grid[-1]), limits))
+    return fit, limits, interval, band
 
 
 def _estimate(e) -> dict:
@@ -316,14 +322,13 @@ def _print_text(result: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         runs = read_runs(args.runs, args.law)
-        fit, limits, interval = _fit(args, runs)
+        fit, limits, interval, band = _fit(args, runs)
         result = result_dict(args, fit, runs, limits, interval)
         if args.plot:
             from active_learning.plot import plot_fit
 
             try:
-                plot_fit(fit, runs, args.plot, target_flops=args.target_flops,
-                         target_interval=None if interval is None else (interval.lo, interval.hi))
+                plot_fit(fit, runs, args.plot, target_flops=args.target_flops, profile_band=band)
             except (OSError, ValueError) as e:
                 raise InputError(f"cannot write the plot to {args.plot}: {e}") from None
             result["plot"] = args.plot

@@ -200,3 +200,24 @@ def test_missing_file_exits_2(tmp_path, capsys):
 def test_non_positive_target_is_rejected(runs_csv, capsys):
     assert main(["fit", runs_csv, "--target-flops", "-5"]) == 2
     assert "--target-flops must be > 0" in capsys.readouterr().err
+
+
+def test_the_plotted_profile_band_ends_at_the_reported_profile_interval(runs_csv, tmp_path, capsys, monkeypatch):
+    """The band --plot draws runs from the smallest run's C out to --target-flops, its last
+    interval the one the JSON reports there (not a second, different computation)."""
+    import active_learning.plot
+
+    drawn = {}
+    monkeypatch.setattr(active_learning.plot, "plot_fit", lambda fit, runs, path, **kw: drawn.update(kw))
+    assert main(["fit", runs_csv, "--target-flops", "1e22", "--plot", str(tmp_path / "f.png"), "--json"]) == 0
+    loss = json.loads(capsys.readouterr().out)["target"]["loss"]
+    band = drawn["profile_band"]
+    assert len(band) == active_learning.plot.PROFILE_POINTS
+    assert band[-1].flops == 1e22 and (band[-1].lo, band[-1].hi) == (loss["profile_lo"], loss["profile_hi"])
+    assert all(a.flops < b.flops for a, b in zip(band, band[1:]))
+    assert all(p.lo < p.hi for p in band)
+    # Without a target the band runs to 100x the largest run, as the Laplace band does.
+    assert main(["fit", runs_csv, "--plot", str(tmp_path / "g.png"), "--json"]) == 0
+    with open(runs_csv, newline="") as f:
+        largest = max(6 * float(row["N"]) * float(row["D"]) for row in csv.DictReader(f))
+    assert drawn["profile_band"][-1].flops == pytest.approx(100 * largest)

@@ -135,6 +135,24 @@ def test_on_a_well_determined_fit_the_loss_interval_agrees_with_laplace_and_its_
         assert math.exp(allocate.optimal_log_loss(fit.law, theta, 1e24)) == pytest.approx(end, rel=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["student-t", "huber"])
+def test_inside_the_runs_the_multiplier_cannot_run_off_to_an_absurd_law(chinchilla_runs, loss):
+    """At C = 1e18, the smallest runs' budget, g is pinned and the multiplier the threshold needs is
+    large: with nll -+ lambda g alone the Student-t fit ran off to log L ~ 1e32 (a robust nll grows at
+    most linearly in g) and the interval overflowed. The augmented term keeps each end a law the runs
+    accept at the threshold, close to Laplace's interval there."""
+    runs = chinchilla_runs(noise=0.005, rng=np.random.default_rng(0))
+    config = FitConfig(loss=loss)
+    fit = fit_law(runs, config)
+    laplace = fit.compute_optimal(1e18).loss
+    interval = prediction_interval(runs, config, fit, 1e18, {})
+    half_width = math.log(laplace.hi / laplace.value)
+    assert math.log(interval.hi / laplace.value) / half_width == pytest.approx(1.0, abs=0.2)
+    assert math.log(laplace.value / interval.lo) / half_width == pytest.approx(1.0, abs=0.2)
+    for theta in (interval.theta_lo, interval.theta_hi):
+        assert _statistic(runs, config, fit, theta) == pytest.approx(fit.quantile**2, rel=1e-3)
+
+
 def test_with_e_at_its_bound_the_loss_interval_reaches_the_law_at_e_s_limit(chinchilla_runs):
     """The law with E at its profile limit is one the runs accept (statistic = threshold), so the loss
     interval at C must hold its loss; Laplace's does not. The off-bound starts are what get it there:
