@@ -21,6 +21,8 @@ The scores:
   pick_rate  fraction of repeats whose predicted best is the true best at C*
   confidence mean over repeats of the fit's own P(best) of its predicted best (what
              the fit expects pick_rate to be; al_confidence_at_stop at the stop budget)
+  coverage   fraction of candidates whose true L*(C*) lies inside the fit's 90% interval, the one a
+             campaign's ranking prints (al_coverage_at_stop at the stop budget)
 
 The last line of output is JSON with those numbers per design and budget and
 the headline keys al_flops_fraction_to_match_grid (the smallest budget at which
@@ -250,8 +252,9 @@ class Runs:
 
 
 def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
-    """mare, the true best's relative error, whether the predicted best is the true best, and the fit's
-    own probability that it is (its P(best), as a campaign shows it: the fit's confidence in its pick)."""
+    """mare, the true best's relative error, whether the predicted best is the true best, the fit's
+    own probability that it is (its P(best), as a campaign shows it: the fit's confidence in its pick),
+    and the fraction of candidates whose true L*(C*) lies inside the interval the campaign ranking prints."""
     fit = fit or fit_pooled(runs.by_candidate, runs.cfg.pooling)
     pred = fit.predict_at_target(runs.cfg.target_flops)
     camp = runs.campaign
@@ -260,8 +263,10 @@ def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
     best, pick = int(np.argmin(camp.true_optimum)), int(np.argmin(hat))
     # A fixed generator: P(best) is a Monte Carlo integral here, not part of the experiment's randomness.
     confidence = fit.prob_best(runs.cfg.target_flops, np.random.default_rng(0))[camp.names[pick]]
+    truth = np.exp(camp.true_optimum)
+    covered = [pred[c].lo <= t <= pred[c].hi for c, t in zip(camp.names, truth)]
     return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(pick == best),
-            "confidence": float(confidence)}
+            "confidence": float(confidence), "coverage": float(np.mean(covered))}
 
 
 def known_prior(cfg: BenchConfig, weight: float = 1e6) -> PoolingConfig:
@@ -398,7 +403,7 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     for design in [d for d in ("grid", "random", "al", "oracle_design") if all(d in r for r in results)]:
         designs[design] = {
             str(b): {key: float(np.mean([r[design][b][key] for r in results]))
-                     for key in ("mare", "best_error", "pick", "confidence")}
+                     for key in ("mare", "best_error", "pick", "confidence", "coverage")}
             for b in cfg.budgets}
         for b in cfg.budgets:
             designs[design][str(b)]["pick_rate"] = designs[design][str(b)].pop("pick")
@@ -431,6 +436,8 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         # What the fit itself expects al_pick_rate to be: its P(best) of its pick, averaged. Near the pick rate,
         # the P(best) a campaign shows can be taken at its word.
         "al_confidence_at_stop": designs["al"][str(stop)]["confidence"],
+        # How often the intervals the ranking prints hold the truth (nominal: the fit's level, 0.9 by default).
+        "al_coverage_at_stop": designs["al"][str(stop)]["coverage"],
         "small_scale_pick_rate": small_picks / len(results),
         "al_pick_rate_interval": wilson_interval(al_picks, len(results)),
         "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),

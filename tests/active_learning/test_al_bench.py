@@ -30,6 +30,8 @@ def test_one_small_campaign_scores_every_design_and_summarises():
         for b in ("0.2", "1.0"):
             assert 1 / cfg.n_candidates <= summary["designs"][design][b]["confidence"] <= 1.0
     assert summary["al_confidence_at_stop"] == result["al"][summary["al_stop_budget"]]["confidence"]
+    assert summary["al_coverage_at_stop"] == result["al"][summary["al_stop_budget"]]["coverage"]
+    assert summary["al_coverage_at_stop"] in {k / cfg.n_candidates for k in range(cfg.n_candidates + 1)}
 
 
 def test_the_confidence_is_the_fits_own_probability_that_its_pick_is_best():
@@ -196,3 +198,20 @@ def test_active_learning_designs_with_the_configured_decision_loss(monkeypatch):
     assert scores[0.2]["flops_fraction"] <= 0.2 + 1e-9
     with pytest.raises(ValueError, match="al_decision_loss"):
         bench.BenchConfig(al_decision_loss="hinge")
+
+
+def test_the_coverage_counts_the_candidates_whose_truth_lies_inside_the_printed_interval():
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, repeats=1)
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
+    runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
+    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    pred = fit.predict_at_target(cfg.target_flops)
+    # Move each truth to just inside or just outside its candidate's interval: the coverage counts the insides.
+    inside = [pred[c].lo * 1.0001 for c in campaign.names[:2]] + [pred[campaign.names[2]].hi * 1.0001]
+    moved = dataclasses.replace(campaign, true_optimum=np.log(inside))
+    runs.campaign = moved
+    assert bench.score(runs, fit)["coverage"] == pytest.approx(2 / 3)
+    runs.campaign = dataclasses.replace(campaign, true_optimum=np.log([pred[c].hi * 1.01 for c in campaign.names]))
+    assert bench.score(runs, fit)["coverage"] == 0.0
+    runs.campaign = dataclasses.replace(campaign, true_optimum=np.log([pred[c].loss for c in campaign.names]))
+    assert bench.score(runs, fit)["coverage"] == 1.0
