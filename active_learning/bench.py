@@ -19,6 +19,9 @@ The scores:
 
   mare       mean over candidates of |L_hat*(C*) - L*(C*)| / L*(C*)
   pick_rate  fraction of repeats whose predicted best is the true best at C*
+  regret     mean over repeats of how much worse the pick is at C* than the true best, each at its own
+             compute-optimal allocation: L*_pick(C*) / L*_best(C*) - 1 (0 where it picks right; what a
+             wrong pick costs the training run, al_regret_at_stop at the stop budget)
   confidence mean over repeats of the fit's own P(best) of its predicted best (what
              the fit expects pick_rate to be; al_confidence_at_stop at the stop budget)
   coverage   fraction of candidates whose true L*(C*) lies inside the fit's 90% interval, the one a
@@ -252,7 +255,8 @@ class Runs:
 
 
 def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
-    """mare, the true best's relative error, whether the predicted best is the true best, the fit's
+    """mare, the true best's relative error, whether the predicted best is the true best and what it costs
+    if not (the regret: the pick's true L*(C*) over the true best's, less one), the fit's
     own probability that it is (its P(best), as a campaign shows it: the fit's confidence in its pick),
     and the fraction of candidates whose true L*(C*) lies inside the interval the campaign ranking prints."""
     fit = fit or fit_pooled(runs.by_candidate, runs.cfg.pooling)
@@ -261,12 +265,13 @@ def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
     hat = np.array([math.log(pred[c].loss) for c in camp.names])
     rel = np.abs(np.exp(hat - camp.true_optimum) - 1.0)
     best, pick = int(np.argmin(camp.true_optimum)), int(np.argmin(hat))
+    regret = math.expm1(camp.true_optimum[pick] - camp.true_optimum[best])
     # A fixed generator: P(best) is a Monte Carlo integral here, not part of the experiment's randomness.
     confidence = fit.prob_best(runs.cfg.target_flops, np.random.default_rng(0))[camp.names[pick]]
     truth = np.exp(camp.true_optimum)
     covered = [pred[c].lo <= t <= pred[c].hi for c, t in zip(camp.names, truth)]
     return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(pick == best),
-            "confidence": float(confidence), "coverage": float(np.mean(covered))}
+            "regret": float(regret), "confidence": float(confidence), "coverage": float(np.mean(covered))}
 
 
 def known_prior(cfg: BenchConfig, weight: float = 1e6) -> PoolingConfig:
@@ -378,7 +383,9 @@ def run_repeat(cfg: BenchConfig, seed: np.random.SeedSequence, with_oracle: bool
     base = Runs.start(campaign, cfg)
     small = np.argmin([base.by_candidate[c][0].loss for c in campaign.names])
     al_scores, counts = _active_learning(campaign, cfg, np.random.default_rng(al_seed))
-    result = {"small_scale_pick": float(small == np.argmin(campaign.true_optimum)), "al": al_scores}
+    opt = campaign.true_optimum
+    result = {"small_scale_pick": float(small == np.argmin(opt)),
+              "small_scale_regret": math.expm1(float(opt[small] - opt.min())), "al": al_scores}
     random_rng = np.random.default_rng(random_seed)
     for design in ("grid", "random"):
         result[design] = {b: score(_fixed_design(campaign, cfg, design, b, random_rng)) for b in cfg.budgets}
@@ -403,7 +410,7 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     for design in [d for d in ("grid", "random", "al", "oracle_design") if all(d in r for r in results)]:
         designs[design] = {
             str(b): {key: float(np.mean([r[design][b][key] for r in results]))
-                     for key in ("mare", "best_error", "pick", "confidence", "coverage")}
+                     for key in ("mare", "best_error", "pick", "regret", "confidence", "coverage")}
             for b in cfg.budgets}
         for b in cfg.budgets:
             designs[design][str(b)]["pick_rate"] = designs[design][str(b)].pop("pick")
@@ -439,6 +446,11 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         # How often the intervals the ranking prints hold the truth (nominal: the fit's level, 0.9 by default).
         "al_coverage_at_stop": designs["al"][str(stop)]["coverage"],
         "small_scale_pick_rate": small_picks / len(results),
+        # What a wrong pick costs: the picked candidate's true L*(C*) over the true best's, less one, averaged
+        # over campaigns (right picks count 0), and the worst campaign's; beside it, ranking by the base run's.
+        "al_regret_at_stop": designs["al"][str(stop)]["regret"],
+        "al_regret_at_stop_max": max(r["al"][stop]["regret"] for r in results),
+        "small_scale_regret": float(np.mean([r["small_scale_regret"] for r in results])),
         "al_pick_rate_interval": wilson_interval(al_picks, len(results)),
         "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),
         "grid_full_mare": grid_error,

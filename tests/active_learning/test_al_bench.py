@@ -215,3 +215,39 @@ def test_the_coverage_counts_the_candidates_whose_truth_lies_inside_the_printed_
     assert bench.score(runs, fit)["coverage"] == 0.0
     runs.campaign = dataclasses.replace(campaign, true_optimum=np.log([pred[c].loss for c in campaign.names]))
     assert bench.score(runs, fit)["coverage"] == 1.0
+
+
+def test_the_regret_is_what_the_pick_loses_at_the_target_against_the_true_best():
+    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, repeats=1)
+    campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
+    runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
+    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    pred = fit.predict_at_target(cfg.target_flops)
+    pick = min(range(3), key=lambda k: pred[campaign.names[k]].loss)
+    # Truths that make another candidate 2% better than the pick: the pick is wrong and costs 2%.
+    truth = np.full(3, 2.0)
+    truth[(pick + 1) % 3] = 2.0 / 1.02
+    runs.campaign = dataclasses.replace(campaign, true_optimum=np.log(truth))
+    scored = bench.score(runs, fit)
+    assert scored["pick"] == 0.0 and scored["regret"] == pytest.approx(0.02, rel=1e-9)
+    truth[pick] = 1.5  # now the pick is the true best: no regret
+    runs.campaign = dataclasses.replace(campaign, true_optimum=np.log(truth))
+    assert bench.score(runs, fit)["regret"] == 0.0
+
+
+def test_the_summary_reads_the_regret_at_the_stop_budget_and_the_small_scale_rankings():
+    cfg = dataclasses.replace(bench.BenchConfig(), budgets=(0.2, 1.0))
+
+    def result(al_mare, al_regret, small):
+        al = {0.2: {"mare": al_mare, "best_error": 0.0, "pick": float(al_regret == 0.0), "regret": al_regret,
+                    "confidence": 0.5, "coverage": 0.9},
+              1.0: {"mare": 0.01, "best_error": 0.0, "pick": 1.0, "regret": 0.0, "confidence": 0.9, "coverage": 0.9}}
+        grid = {b: {"mare": 0.02, "best_error": 0.0, "pick": 1.0, "regret": 0.0, "confidence": 0.9, "coverage": 0.9}
+                for b in cfg.budgets}
+        return {"al": al, "grid": grid, "random": grid, "small_scale_pick": float(small == 0.0),
+                "small_scale_regret": small}
+
+    summary = bench.summarise(cfg, [result(0.015, 0.0, 0.05), result(0.015, 0.03, 0.0)])
+    assert summary["al_stop_budget"] == 0.2  # its mean error 0.015 is under the full grid's 0.02 there
+    assert summary["al_regret_at_stop"] == pytest.approx(0.015) and summary["al_regret_at_stop_max"] == 0.03
+    assert summary["small_scale_regret"] == pytest.approx(0.025) and summary["small_scale_pick_rate"] == 0.5
