@@ -24,6 +24,8 @@ The scores:
              wrong pick costs the training run, al_regret_at_stop at the stop budget)
   confidence mean over repeats of the fit's own P(best) of its predicted best (what
              the fit expects pick_rate to be; al_confidence_at_stop at the stop budget)
+  expected_regret  mean over repeats of the fit's own expected regret of its pick (what it expects
+             regret to be; al_expected_regret_at_stop)
   coverage   fraction of candidates whose true L*(C*) lies inside the fit's 90% interval, the one a
              campaign's ranking prints (al_coverage_at_stop at the stop budget)
 
@@ -77,7 +79,8 @@ from active_learning import allocate, oracle
 from active_learning.baselines import grid_design, random_design
 from active_learning.choose import DECISION_LOSSES, choose_next_runs
 from active_learning.hierarchical import DEPARTURE_FRAMES
-from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
+from active_learning.pooled import (PooledFit, PoolingConfig, expected_regret_of_draws, fit_pooled,
+                                   prob_best_of_draws)
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
 
 
@@ -257,7 +260,8 @@ class Runs:
 def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
     """mare, the true best's relative error, whether the predicted best is the true best and what it costs
     if not (the regret: the pick's true L*(C*) over the true best's, less one), the fit's
-    own probability that it is (its P(best), as a campaign shows it: the fit's confidence in its pick),
+    own probability that it is (its P(best), as a campaign shows it: the fit's confidence in its pick)
+    and the regret the fit expects of it (its expected regret, as a campaign shows it),
     and the fraction of candidates whose true L*(C*) lies inside the interval the campaign ranking prints."""
     fit = fit or fit_pooled(runs.by_candidate, runs.cfg.pooling)
     pred = fit.predict_at_target(runs.cfg.target_flops)
@@ -267,11 +271,13 @@ def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
     best, pick = int(np.argmin(camp.true_optimum)), int(np.argmin(hat))
     regret = math.expm1(camp.true_optimum[pick] - camp.true_optimum[best])
     # A fixed generator: P(best) is a Monte Carlo integral here, not part of the experiment's randomness.
-    confidence = fit.prob_best(runs.cfg.target_flops, np.random.default_rng(0))[camp.names[pick]]
+    draws = fit.target_draws(runs.cfg.target_flops, np.random.default_rng(0))
+    confidence, expected_regret = prob_best_of_draws(draws)[pick], expected_regret_of_draws(draws)[pick]
     truth = np.exp(camp.true_optimum)
     covered = [pred[c].lo <= t <= pred[c].hi for c, t in zip(camp.names, truth)]
     return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(pick == best),
-            "regret": float(regret), "confidence": float(confidence), "coverage": float(np.mean(covered))}
+            "regret": float(regret), "expected_regret": float(expected_regret), "confidence": float(confidence),
+            "coverage": float(np.mean(covered))}
 
 
 def known_prior(cfg: BenchConfig, weight: float = 1e6) -> PoolingConfig:
@@ -410,7 +416,7 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
     for design in [d for d in ("grid", "random", "al", "oracle_design") if all(d in r for r in results)]:
         designs[design] = {
             str(b): {key: float(np.mean([r[design][b][key] for r in results]))
-                     for key in ("mare", "best_error", "pick", "regret", "confidence", "coverage")}
+                     for key in ("mare", "best_error", "pick", "regret", "expected_regret", "confidence", "coverage")}
             for b in cfg.budgets}
         for b in cfg.budgets:
             designs[design][str(b)]["pick_rate"] = designs[design][str(b)].pop("pick")
@@ -450,6 +456,8 @@ def summarise(cfg: BenchConfig, results: Sequence[dict]) -> dict:
         # over campaigns (right picks count 0), and the worst campaign's; beside it, ranking by the base run's.
         "al_regret_at_stop": designs["al"][str(stop)]["regret"],
         "al_regret_at_stop_max": max(r["al"][stop]["regret"] for r in results),
+        # What the fit expects it to be: its expected regret of its pick, averaged (as al_confidence_at_stop is).
+        "al_expected_regret_at_stop": designs["al"][str(stop)]["expected_regret"],
         "small_scale_regret": float(np.mean([r["small_scale_regret"] for r in results])),
         "al_pick_rate_interval": wilson_interval(al_picks, len(results)),
         "small_scale_pick_rate_interval": wilson_interval(small_picks, len(results)),

@@ -2,8 +2,9 @@
 
 fit_pooled returns a PooledFit: each candidate's law, the joint Laplace posterior
 of all of them, each candidate's predicted loss at the target compute C* (at its
-own compute-optimal allocation) with an interval, and the probability that each
-candidate is the best at C*. A candidate with one run borrows the campaign's
+own compute-optimal allocation) with an interval, the probability that each
+candidate is the best at C*, and what picking it is expected to cost (its expected
+regret: how much higher its loss at C* is expected to be than the best's). A candidate with one run borrows the campaign's
 exponents; a candidate with many runs is close to its own separate fit.
 
 By default E and the exponents are shared and log A, log B vary (varying=("a", "b")):
@@ -27,7 +28,8 @@ from active_learning.hierarchical import EXPONENTS, PoolingConfig, RunsByCandida
 from active_learning.scaling_law import MIN_EXPONENT, Reparam, ScalingLaw, get_law
 from active_learning.threads import one_blas_thread
 
-__all__ = ["PoolingConfig", "PooledFit", "RunsByCandidate", "TargetPrediction", "fit_pooled"]
+__all__ = ["PoolingConfig", "PooledFit", "RunsByCandidate", "TargetPrediction", "expected_regret_of_draws",
+           "fit_pooled", "prob_best_of_draws"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,22 +232,50 @@ class PooledFit:
                 natural[..., j] = np.maximum(natural[..., j], MIN_EXPONENT)
         return natural
 
-    def prob_best(self, target_flops: float, rng: np.random.Generator, *, n_samples: int = 4000,
-                  inference_tokens: float = 0.0, method: str = "linear") -> dict[str, float]:
-        """Posterior probability that each candidate has the lowest loss at the target compute.
+    def target_draws(self, target_flops: float, rng: np.random.Generator, *, n_samples: int = 4000,
+                     inference_tokens: float = 0.0, method: str = "linear") -> np.ndarray:
+        """Joint posterior draws of every candidate's log L*(C), [n_samples, K].
 
         method='linear' samples the linearised joint Gaussian of log L*_k (fast);
         method='sample' draws parameters and re-solves each allocation (captures nonlinearity).
         """
         if method == "linear":
             g, cov, _, _ = self.target_moments(target_flops, inference_tokens)
-            draws = g + rng.standard_normal((n_samples, len(g))) @ _sqrt(cov).T
-        elif method == "sample":
-            draws = self.target_allocation(self.sample(rng, n_samples), target_flops, inference_tokens)[2]
-        else:
-            raise ValueError(f"method must be 'linear' or 'sample', got {method!r}")
-        wins = np.bincount(np.argmin(draws, axis=1), minlength=len(self.candidates)) / n_samples
-        return {c: float(w) for c, w in zip(self.candidates, wins)}
+            return g + rng.standard_normal((n_samples, len(g))) @ _sqrt(cov).T
+        if method == "sample":
+            return self.target_allocation(self.sample(rng, n_samples), target_flops, inference_tokens)[2]
+        raise ValueError(f"method must be 'linear' or 'sample', got {method!r}")
+
+    def prob_best(self, target_flops: float, rng: np.random.Generator, *, n_samples: int = 4000,
+                  inference_tokens: float = 0.0, method: str = "linear") -> dict[str, float]:
+        """Posterior probability that each candidate has the lowest loss at the target compute (target_draws)."""
+        draws = self.target_draws(target_flops, rng, n_samples=n_samples, inference_tokens=inference_tokens,
+                                  method=method)
+        return dict(zip(self.candidates, prob_best_of_draws(draws).tolist()))
+
+    def expected_regret(self, target_flops: float, rng: np.random.Generator, *, n_samples: int = 4000,
+                        inference_tokens: float = 0.0, method: str = "linear") -> dict[str, float]:
+        """Each candidate's expected loss above the best candidate's at the target compute, relative
+        (expected_regret_of_draws over target_draws): what choosing it now is expected to cost."""
+        draws = self.target_draws(target_flops, rng, n_samples=n_samples, inference_tokens=inference_tokens,
+                                  method=method)
+        return dict(zip(self.candidates, expected_regret_of_draws(draws).tolist()))
+
+
+def prob_best_of_draws(log_losses: np.ndarray) -> np.ndarray:
+    """Fraction of draws [S, K] in which each candidate has the lowest loss, [K]."""
+    return np.bincount(np.argmin(log_losses, axis=1), minlength=log_losses.shape[1]) / len(log_losses)
+
+
+def expected_regret_of_draws(log_losses: np.ndarray) -> np.ndarray:
+    """Mean over draws of L_k / min_j L_j - 1, per candidate, from draws of log losses [S, K].
+
+    The expected opportunity cost of picking candidate k (Chick & Inoue 2001, "New two-stage and
+    sequential procedures for selecting the best simulated system", their linear loss): zero only
+    where k is the best in every draw, and small where the candidates that beat it do so by little,
+    which P(best) alone cannot say. In relative terms, so it reads as a fraction of the loss.
+    """
+    return np.mean(np.expm1(log_losses - np.min(log_losses, axis=1, keepdims=True)), axis=0)
 
 
 def _sqrt(cov: np.ndarray) -> np.ndarray:

@@ -282,6 +282,8 @@ class Fit:
       loss_low, loss_high: its interval.
       n_star, d_star: the allocation behind the prediction.
       prob_best: probability that this candidate is the best at C*.
+      expected_regret: how much higher its loss at C* is expected to be than the best candidate's, as a
+        fraction (0.003: 0.3%); what picking it now is expected to cost. None in files from before it.
       n_runs: runs the fit used.
       round: fits recorded together share a round (``record.record_fits`` assigns it).
       created: when it was recorded.
@@ -300,6 +302,7 @@ class Fit:
     n_star: float | None = None
     d_star: float | None = None
     prob_best: float | None = None
+    expected_regret: float | None = None
     n_runs: int = 0
     round: int | None = None
     created: float | None = None

@@ -262,3 +262,10 @@ def m009_invocations(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"spec_toml", "spec"},
     )
+
+
+@migrations()
+def m010_fit_expected_regret(db: sqlite_utils.Database) -> None:
+    # P(best) cannot say whether the candidates that may beat the leader do so by 0.1% or by 5%;
+    # the expected regret (how much higher a candidate's loss at C* is expected to be than the best's) can.
+    db["fits"].add_column("expected_regret", float)

@@ -30,7 +30,8 @@ TABLES: dict[str, str] = {
             "final_loss in nats per byte, loss_curve as (tokens, loss) pairs.",
     "fits": "Scaling-law fits, appended each fit round: the pooled fit (program_id empty) and one per candidate, "
             "with the law's parameters and intervals, the predicted loss at C* (loss_at_c_star, loss_low, "
-            "loss_high), the allocation behind it (n_star, d_star) and the probability of being best (prob_best). "
+            "loss_high), the allocation behind it (n_star, d_star), the probability of being best (prob_best) and "
+            "how much higher its loss at C* is expected to be than the best's (expected_regret, a fraction). "
             "A candidate's newest row is its current fit.",
     "prompts": "Prompts shown to a language-model proposer, with the parents they showed.",
     "proposer_calls": "Every proposer call: model, tokens in and out, latency, outcome, cost.",
@@ -44,7 +45,9 @@ COLUMNS: dict[str, dict[str, str]] = {
              "d_target": "D asked for", "n_params": "N measured from the initialised parameters",
              "final_loss": "validation loss, nats per byte"},
     "fits": {"loss_at_c_star": "predicted loss at the target compute C*, at this candidate's compute-optimal N and D",
-             "prob_best": "posterior probability that this candidate is the best at C*"},
+             "prob_best": "posterior probability that this candidate is the best at C*",
+             "expected_regret": "posterior expectation of this candidate's loss at C* over the best candidate's, "
+                                "less one: what picking it now is expected to cost (0.003 = 0.3%)"},
     "programs": {"stage": "last cascade stage entered: 0 static, 1 smoke, 2 base run, 3 scaling runs"},
 }
 

@@ -113,12 +113,15 @@ def _interval(values: np.ndarray) -> list[float]:
 
 
 def allocation(pooled, cand: str, flops: float, inference_tokens: float, rng: np.random.Generator) -> dict[str, Any]:
-    """N, D and the loss at compute ``flops`` for the candidate, with posterior intervals and P(best)."""
+    """N, D and the loss at compute ``flops`` for the candidate: posterior intervals, P(best), expected regret."""
+    from active_learning.pooled import expected_regret_of_draws, prob_best_of_draws
+
     k = pooled.index(cand)
     pred = pooled.predict_at_target(flops, inference_tokens=inference_tokens)[cand]
     draws = pooled.sample(rng, POSTERIOR_DRAWS)
     log_n, log_d, _ = pooled.target_allocation(draws, flops, inference_tokens)
     fpt = float(pooled.flops_models[k].per_token(pred.n_opt))
+    losses = pooled.target_draws(flops, rng, inference_tokens=inference_tokens)  # as the campaign ranks them
     return {
         "n_params": pred.n_opt,
         "n_params_interval": _interval(np.exp(log_n[:, k])),
@@ -128,7 +131,8 @@ def allocation(pooled, cand: str, flops: float, inference_tokens: float, rng: np
         "predicted_loss": pred.loss,
         "loss_interval": [pred.lo, pred.hi],
         "loss_sd": pred.sd,
-        "prob_best": pooled.prob_best(flops, rng, inference_tokens=inference_tokens).get(cand),
+        "prob_best": float(prob_best_of_draws(losses)[k]),
+        "expected_regret": float(expected_regret_of_draws(losses)[k]),
         "inference_tokens": inference_tokens,
         "training_flops": fpt * pred.d_opt,
         "inference_flops": 2.0 * pred.n_opt * inference_tokens,
@@ -200,7 +204,8 @@ def _campaign_ranking(db: sqlite_utils.Database, program_id: int) -> dict | None
         if r.program.id == program_id:
             f = r.fit
             return {"rank": rank, "of": len(ranked), "c_star": f.c_star, "loss_at_c_star": f.loss_at_c_star,
-                    "loss_interval": [f.loss_low, f.loss_high], "prob_best": f.prob_best, "fit_round": f.round}
+                    "loss_interval": [f.loss_low, f.loss_high], "prob_best": f.prob_best, "expected_regret": f.expected_regret,
+                    "fit_round": f.round}
     return None
 
 
@@ -278,7 +283,8 @@ def readme(config: dict) -> str:
         f"to {_g(rec['n_tokens_interval'][1])}), {rec['tokens_per_parameter']:.3g} tokens per parameter.",
         f"- Predicted loss {rec['predicted_loss']:.4f} nats/byte, {level}% interval [{rec['loss_interval'][0]:.4f}, "
         f"{rec['loss_interval'][1]:.4f}]; probability of being the campaign's best at this C: "
-        f"{_g(rec['prob_best'], 2)}.",
+        f"{_g(rec['prob_best'], 2)}; expected loss above the campaign's best there (expected regret): "
+        f"{100.0 * rec['expected_regret']:.2f}%.",
     ]
     if t["inference_tokens"]:
         co = config["allocations"]["compute_optimal"]

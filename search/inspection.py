@@ -64,7 +64,8 @@ def fit_dict(fit: Fit | None) -> dict[str, Any] | None:
     return {"round": fit.round, "law": fit.law, "params": dict(fit.params),
             "intervals": {k: list(v) for k, v in fit.intervals.items()}, "c_star": fit.c_star,
             "loss": fit.loss_at_c_star, "low": fit.loss_low, "high": fit.loss_high, "n_star": fit.n_star,
-            "d_star": fit.d_star, "prob_best": fit.prob_best, "n_runs": fit.n_runs}
+            "d_star": fit.d_star, "prob_best": fit.prob_best, "expected_regret": fit.expected_regret,
+            "n_runs": fit.n_runs}
 
 
 def _seconds(run: Run) -> float | None:
@@ -93,7 +94,7 @@ def _program_summary(p: Program) -> dict[str, Any]:
 
 
 def leaderboard(db: sqlite_utils.Database, k: int | None = None) -> list[dict[str, Any]]:
-    """Candidates by predicted loss at C*, best first, with interval, P(best), runs and ancestry."""
+    """Candidates by predicted loss at C*, best first, with interval, P(best), expected regret, runs and ancestry."""
     base = query.base_losses(db)
     out = []
     for rank, r in enumerate(query.best_candidates(db, k), 1):

@@ -5,8 +5,9 @@ into one pooled maximum-likelihood fit (``active_learning.pooled``): E and the
 exponents are shared, each candidate's levels depart under a fitted prior, so a
 candidate with one base run borrows strength and one with many speaks for
 itself. A candidate is then scored by its predicted loss at the target compute
-C*, at its own compute-optimal (or inference-aware) N and D, with an interval
-and the probability that it is the best.
+C*, at its own compute-optimal (or inference-aware) N and D, with an interval,
+the probability that it is the best, and its expected regret (how much higher its
+loss at C* is expected to be than the best's).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import sqlite_utils
 
 from active_learning.choose import choose_next_runs
-from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
+from active_learning.pooled import (PooledFit, PoolingConfig, expected_regret_of_draws, fit_pooled,
+                                   prob_best_of_draws)
 from active_learning.scaling_law import Observation
 from db import query
 from db.rows import Fit, Run, Stage, State, Status
@@ -79,13 +81,17 @@ def fit_round(db: sqlite_utils.Database, spec: CampaignSpec, rng: np.random.Gene
     pooled = fit_pooled(obs, pooling(spec))
     c_star, inference = spec.target_flops, spec.inference_tokens
     predictions = pooled.predict_at_target(c_star, inference_tokens=inference)
-    prob_best = pooled.prob_best(c_star, rng, inference_tokens=inference)
+    # One set of draws for both, so that P(best) and the regret describe the same posterior sample.
+    draws = pooled.target_draws(c_star, rng, inference_tokens=inference)
+    prob_best = dict(zip(pooled.candidates, prob_best_of_draws(draws).tolist()))
+    regret = dict(zip(pooled.candidates, expected_regret_of_draws(draws).tolist()))
     fits = [_pooled_record(pooled, n_runs)]
     for cand, pred in predictions.items():
         fits.append(Fit(
             program_id=int(cand), kind="candidate", law=pooled.law_name, params=pooled.params(cand),
             intervals=_intervals(pooled, cand), c_star=c_star, loss_at_c_star=pred.loss, loss_low=pred.lo,
-            loss_high=pred.hi, n_star=pred.n_opt, d_star=pred.d_opt, prob_best=prob_best[cand], n_runs=pred.n_runs,
+            loss_high=pred.hi, n_star=pred.n_opt, d_star=pred.d_opt, prob_best=prob_best[cand],
+            expected_regret=regret[cand], n_runs=pred.n_runs,
         ))
     return Judgement(fits, {int(c): p.loss for c, p in predictions.items()}, pooled)
 

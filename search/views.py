@@ -26,6 +26,10 @@ def loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100.0 * x:.2f}%"
+
+
 def interval(lo: float | None, hi: float | None) -> str:
     return "-" if lo is None or hi is None else f"[{lo:.4f}, {hi:.4f}]"
 
@@ -39,17 +43,18 @@ def _parents(ids: Sequence[int]) -> str:
 
 
 def leaderboard_table(rows: Sequence[dict[str, Any]], title: str, *, width: int = 200) -> Table:
-    """The leaderboard: rank, program, predicted loss at C* with interval, P(best), runs, ancestry.
+    """The leaderboard: rank, program, predicted loss at C* with interval, P(best), expected regret, runs, ancestry.
 
     Columns are dropped, least important first, to fit a terminal ``width`` characters wide.
     """
-    columns = [Column("#"), Column("id"), Column("L(C*)"), Column("90% interval"), Column("P(best)"), Column("runs"),
-               Column("N*", drop=4), Column("D*", drop=4), Column("base loss", drop=3),
-               Column("proposer", number=False, max_width=16, drop=1), Column("parents", number=False, max_width=12, drop=5),
-               Column("change", number=False, max_width=40, drop=2)]
+    # The expected regret always shows: P(best) alone cannot say whether a rival beats the leader by 0.1% or by 5%.
+    columns = [Column("#"), Column("id"), Column("L(C*)"), Column("90% interval"), Column("P(best)"),
+               Column("exp. regret"), Column("runs"), Column("N*", drop=4), Column("D*", drop=4),
+               Column("base loss", drop=3), Column("proposer", number=False, max_width=16, drop=1),
+               Column("parents", number=False, max_width=12, drop=5), Column("change", number=False, max_width=40, drop=2)]
     cells = [[str(r["rank"]), str(r["id"]), loss(r["loss"]), interval(r["low"], r["high"]), g(r["prob_best"], 2),
-              str(r["n_runs"]), g(r["n_star"]), g(r["d_star"]), loss(r["base_loss"]), r["proposer"],
-              _parents(r["parent_ids"]), r["note"] or ""] for r in rows]
+              percent(r["expected_regret"]), str(r["n_runs"]), g(r["n_star"]), g(r["d_star"]), loss(r["base_loss"]),
+              r["proposer"], _parents(r["parent_ids"]), r["note"] or ""] for r in rows]
     return fitted_table(title, columns, cells, width)
 
 
@@ -151,7 +156,8 @@ def program_view(d: dict[str, Any], *, source: bool = True, width: int = 200) ->
     parts: list[RenderableType] = [head]
     if fit:
         parts.append(Text(f"rank {d['rank'] or '-'}: predicted loss at C* = {g(fit['c_star'])}: {loss(fit['loss'])} "
-                          f"{interval(fit['low'], fit['high'])}, P(best) {g(fit['prob_best'], 2)}, at N* = "
+                          f"{interval(fit['low'], fit['high'])}, P(best) {g(fit['prob_best'], 2)}, expected regret "
+                          f"{percent(fit['expected_regret'])}, at N* = "
                           f"{g(fit['n_star'])}, D* = {g(fit['d_star'])}\n{law_text(fit)}"))
         history = "  ".join(f"r{h['round']}: {loss(h['loss'])}" for h in d["fit_history"])
         parts.append(Text(f"prediction by fit round: {history}", style="dim"))
@@ -178,6 +184,7 @@ def comparison_view(d: dict[str, Any]) -> RenderableType:
             ("L(C*)", loss(fa.get("loss")), loss(fb.get("loss"))),
             ("90% interval", interval(fa.get("low"), fa.get("high")), interval(fb.get("low"), fb.get("high"))),
             ("P(best)", g(fa.get("prob_best"), 2), g(fb.get("prob_best"), 2)),
+            ("expected regret", percent(fa.get("expected_regret")), percent(fb.get("expected_regret"))),
             ("N*, D*", f"{g(fa.get('n_star'))}, {g(fa.get('d_star'))}", f"{g(fb.get('n_star'))}, {g(fb.get('d_star'))}"),
             ("runs", g(fa.get("n_runs")), g(fb.get("n_runs")))]
     for name in ("E", "A", "alpha", "B", "beta"):

@@ -43,6 +43,8 @@ def test_the_confidence_is_the_fits_own_probability_that_its_pick_is_best():
     pred = fit.predict_at_target(cfg.target_flops)
     pick = min(campaign.names, key=lambda c: pred[c].loss)
     assert scored["confidence"] == pytest.approx(fit.prob_best(cfg.target_flops, np.random.default_rng(0))[pick])
+    assert scored["expected_regret"] == pytest.approx(
+        fit.expected_regret(cfg.target_flops, np.random.default_rng(0))[pick])
     # Settled by noiseless data, the fit is sure and right.
     quiet = bench.Campaign(campaign.names, campaign.theta, campaign.true_optimum, 0.0 * campaign.noise)
     quiet_runs = bench._fixed_design(quiet, dataclasses.replace(cfg, noise=1e-4), "grid", 1.0, np.random.default_rng(0))
@@ -239,15 +241,15 @@ def test_the_summary_reads_the_regret_at_the_stop_budget_and_the_small_scale_ran
     cfg = dataclasses.replace(bench.BenchConfig(), budgets=(0.2, 1.0))
 
     def result(al_mare, al_regret, small):
-        al = {0.2: {"mare": al_mare, "best_error": 0.0, "pick": float(al_regret == 0.0), "regret": al_regret,
-                    "confidence": 0.5, "coverage": 0.9},
-              1.0: {"mare": 0.01, "best_error": 0.0, "pick": 1.0, "regret": 0.0, "confidence": 0.9, "coverage": 0.9}}
-        grid = {b: {"mare": 0.02, "best_error": 0.0, "pick": 1.0, "regret": 0.0, "confidence": 0.9, "coverage": 0.9}
-                for b in cfg.budgets}
+        scores = {"best_error": 0.0, "confidence": 0.9, "coverage": 0.9, "expected_regret": 0.01}
+        al = {0.2: scores | {"mare": al_mare, "pick": float(al_regret == 0.0), "regret": al_regret},
+              1.0: scores | {"mare": 0.01, "pick": 1.0, "regret": 0.0, "expected_regret": 0.0}}
+        grid = {b: scores | {"mare": 0.02, "pick": 1.0, "regret": 0.0} for b in cfg.budgets}
         return {"al": al, "grid": grid, "random": grid, "small_scale_pick": float(small == 0.0),
                 "small_scale_regret": small}
 
     summary = bench.summarise(cfg, [result(0.015, 0.0, 0.05), result(0.015, 0.03, 0.0)])
     assert summary["al_stop_budget"] == 0.2  # its mean error 0.015 is under the full grid's 0.02 there
     assert summary["al_regret_at_stop"] == pytest.approx(0.015) and summary["al_regret_at_stop_max"] == 0.03
+    assert summary["al_expected_regret_at_stop"] == pytest.approx(0.01)
     assert summary["small_scale_regret"] == pytest.approx(0.025) and summary["small_scale_pick_rate"] == 0.5

@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from active_learning import allocate, bench, empirical_bayes, laplace
 from active_learning.fit import FitConfig, fit_law
-from active_learning.pooled import PoolingConfig, fit_pooled
+from active_learning.pooled import PoolingConfig, expected_regret_of_draws, fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla
 
 TARGET = 1e22
@@ -316,3 +317,30 @@ def test_hyperparameter_uncertainty_only_widens_the_posterior(rng, chinchilla_ru
     assert np.all(np.diag(cov) > np.diag(cov0))
     for c in runs:
         assert plain.predict_at_target(TARGET)[c].loss == fit.predict_at_target(TARGET)[c].loss
+
+
+def test_expected_regret_of_draws_has_its_known_values():
+    # Two draws: candidate 0 is best in the first, 1 is 10% worse there; in the second 0 is 20% worse.
+    draws = np.log([[1.0, 1.1], [1.2, 1.0]])
+    np.testing.assert_allclose(expected_regret_of_draws(draws), [0.1, 0.05], rtol=1e-12)
+    # Two independent normals of sd s, means apart by m: E[max(0, g1 - g2)] = sd_d phi(m / sd_d) + m Phi(m / sd_d)
+    # (sd_d = s sqrt 2), which expm1 of small differences matches to second order.
+    s, m = 0.01, 0.005
+    g = np.random.default_rng(0).standard_normal((400_000, 2)) * s + np.array([m, 0.0])
+    sd_d = s * math.sqrt(2.0)
+    exact = sd_d * stats.norm.pdf(m / sd_d) + m * stats.norm.cdf(m / sd_d)
+    assert expected_regret_of_draws(g)[0] == pytest.approx(exact, rel=0.02)
+
+
+def test_expected_regret_is_small_for_the_clear_winner_and_the_loss_gap_for_the_clear_loser(rng, chinchilla_runs,
+                                                                                           isoflop_points):
+    n, d = isoflop_points(per_budget=5)
+    better = HOFFMANN_2022 - np.array([0.0, 0.3, 0.3, 0.0, 0.0])  # lower A and B: lower loss everywhere
+    runs = {"base": chinchilla_runs(HOFFMANN_2022, n, d, 0.01, rng), "better": chinchilla_runs(better, n, d, 0.01, rng)}
+    fit = fit_pooled(runs)
+    pred = fit.predict_at_target(TARGET)
+    for method in ("linear", "sample"):
+        regret = fit.expected_regret(TARGET, np.random.default_rng(1), method=method)
+        assert 0.0 <= regret["better"] < 1e-4
+        # The loser is expected to cost about the predicted gap between the two.
+        assert regret["base"] == pytest.approx(pred["base"].loss / pred["better"].loss - 1.0, rel=0.05)

@@ -155,3 +155,24 @@ def test_a_killed_writer_loses_nothing_committed(tmp_path):
     assert [r.final_loss for r in query.runs(db, state=State.DONE)] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert query.pending_runs(db) == []
     db.close()
+
+
+def test_a_file_from_before_the_expected_regret_keeps_its_fits_and_gains_the_column(tmp_path, clock):
+    path = tmp_path / "c.sqlite"
+    db = schema.connect(path)
+    program = _program(db, clock)
+    record.record_fits(db, [Fit(program_id=program.id, loss_at_c_star=2.0, prob_best=1.0)], clock=clock)
+    # As a file written before m010: no column, no record of the migration.
+    db["fits"].transform(drop={"expected_regret"})
+    db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm010_fit_expected_regret'")
+    db.conn.commit()
+    db.close()
+    old = schema.connect_readonly(path)  # read-only files are not migrated: the record reads None
+    assert query.fits_of(old, program.id)[0].expected_regret is None
+    old.close()
+    upgraded = schema.connect(path)
+    [fit] = query.fits_of(upgraded, program.id)
+    assert fit.loss_at_c_star == 2.0 and fit.expected_regret is None
+    record.record_fits(upgraded, [Fit(program_id=program.id, loss_at_c_star=1.9, prob_best=1.0, expected_regret=0.0)],
+                       clock=clock)
+    assert [f.expected_regret for f in query.fits_of(upgraded, program.id)] == [None, 0.0]

@@ -82,6 +82,7 @@ RECORDS = {
         n_star=maybe(floats),
         d_star=maybe(floats),
         prob_best=maybe(floats),
+        expected_regret=maybe(floats),
         n_runs=ints,
         round=ints,
         created=maybe(floats),

@@ -75,6 +75,10 @@ def test_config_holds_the_fitted_law_and_agrees_with_the_campaign_ranking(config
     ranking = config["campaign_ranking"]
     assert ranking["rank"] == 1 and ranking["loss_at_c_star"] == pytest.approx(
         config["allocations"]["compute_optimal"]["predicted_loss"], rel=1e-6)  # the same fit, refitted
+    # The same fit's posterior: P(best) and the expected regret agree with the campaign's to Monte Carlo error.
+    optimal = config["allocations"]["compute_optimal"]
+    assert optimal["prob_best"] == pytest.approx(ranking["prob_best"], abs=0.03)
+    assert optimal["expected_regret"] == pytest.approx(ranking["expected_regret"], rel=0.1)
     rep = config["reproduce"]
     assert rep["val_loss"] > 0 and rep["cores"] == export.WORKER_CORES  # the recorded runs say nothing else
     assert rep["command"].startswith("taskset -c 0 python model.py --n-params")
@@ -84,7 +88,8 @@ def test_the_readme_says_how_the_numbers_were_obtained_and_how_sure_they_are(exp
     text = (exported / "README.md").read_text()
     aware = config["allocations"]["inference_aware"]
     for needle in ("How the numbers were obtained", "How sure", "maximum likelihood", "inference-aware",
-                   f"{aware['predicted_loss']:.4f}", config["reproduce"]["command"]):
+                   f"{aware['predicted_loss']:.4f}", config["reproduce"]["command"],
+                   f"(expected regret): {100.0 * aware['expected_regret']:.2f}%"):
         assert needle in text
 
 

@@ -46,6 +46,16 @@ def test_the_leaderboard_ranks_every_fitted_candidate_by_predicted_loss_with_its
     assert sum(r["prob_best"] for r in rows) == pytest.approx(1.0, abs=0.01)
 
 
+def test_each_candidates_expected_regret_is_at_least_its_predicted_gap_to_the_leader(db):
+    # min_j L_j <= L_leader in every draw, and E[exp(x)] >= exp(E[x]) (Jensen): a candidate's expected
+    # regret is at least its predicted loss over the leader's, less one (up to the draws' Monte Carlo error).
+    rows = inspection.leaderboard(db)
+    leader = rows[0]
+    assert leader["expected_regret"] == min(r["expected_regret"] for r in rows) and leader["expected_regret"] >= 0
+    for r in rows[1:]:
+        assert r["expected_regret"] >= r["loss"] / leader["loss"] - 1.0 - 1e-3
+
+
 def test_status_counts_outcomes_budgets_and_failures_and_shows_the_top_five(db):
     s = inspection.campaign_status(db)
     assert s["campaign"]["name"] == "inspect-test" and s["campaign"]["target_flops"] == TARGET_FLOPS
@@ -100,9 +110,11 @@ def test_every_command_prints_text_and_json(capsys, path):
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert "inspect-test" in out and "Top 5 by predicted loss" in out and "timeout" in out and "25%" in out
+    assert "exp. regret" in out
     assert main(["show", str(path), str(BEST)]) == 0
     out = capsys.readouterr().out
     assert "diff against its parent" in out and "Lineage" in out and "EVOLVE-BLOCK-START" in out
+    assert "expected regret" in out
     assert main(["compare", str(path), "4", "5"]) == 0
     out = capsys.readouterr().out
     assert "predicted better at C*" in out and "5 - 4" in out  # which way the runs' difference is taken
