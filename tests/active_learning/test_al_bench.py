@@ -34,11 +34,16 @@ def test_one_small_campaign_scores_every_design_and_summarises():
     assert summary["al_coverage_at_stop"] in {k / cfg.n_candidates for k in range(cfg.n_candidates + 1)}
 
 
-def test_the_confidence_is_the_fits_own_probability_that_its_pick_is_best():
+def _small_grid_campaign():
+    """Three candidates with the full grid's runs and their pooled fit: (config, campaign, runs, fit)."""
     cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, repeats=1)
     campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
     runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
-    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    return cfg, campaign, runs, fit_pooled(runs.by_candidate, cfg.pooling)
+
+
+def test_the_confidence_is_the_fits_own_probability_that_its_pick_is_best():
+    cfg, campaign, runs, fit = _small_grid_campaign()
     scored = bench.score(runs, fit)
     pred = fit.predict_at_target(cfg.target_flops)
     pick = min(campaign.names, key=lambda c: pred[c].loss)
@@ -203,10 +208,7 @@ def test_active_learning_designs_with_the_configured_decision_loss(monkeypatch):
 
 
 def test_the_coverage_counts_the_candidates_whose_truth_lies_inside_the_printed_interval():
-    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, repeats=1)
-    campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
-    runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
-    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    cfg, campaign, runs, fit = _small_grid_campaign()
     pred = fit.predict_at_target(cfg.target_flops)
     # Move each truth to just inside or just outside its candidate's interval: the coverage counts the insides.
     inside = [pred[c].lo * 1.0001 for c in campaign.names[:2]] + [pred[campaign.names[2]].hi * 1.0001]
@@ -220,10 +222,7 @@ def test_the_coverage_counts_the_candidates_whose_truth_lies_inside_the_printed_
 
 
 def test_the_regret_is_what_the_pick_loses_at_the_target_against_the_true_best():
-    cfg = dataclasses.replace(bench.BenchConfig(), n_candidates=3, n_sizes=3, d_sizes=3, repeats=1)
-    campaign = bench.simulate_campaign(cfg, np.random.default_rng(3))
-    runs = bench._fixed_design(campaign, cfg, "grid", 1.0, np.random.default_rng(0))
-    fit = fit_pooled(runs.by_candidate, cfg.pooling)
+    cfg, campaign, runs, fit = _small_grid_campaign()
     pred = fit.predict_at_target(cfg.target_flops)
     pick = min(range(3), key=lambda k: pred[campaign.names[k]].loss)
     # Truths that make another candidate 2% better than the pick: the pick is wrong and costs 2%.
