@@ -4,8 +4,9 @@ fit_pooled returns a PooledFit: each candidate's law, the joint Laplace posterio
 of all of them, each candidate's predicted loss at the target compute C* (at its
 own compute-optimal allocation) with an interval, the probability that each
 candidate is the best at C*, and what picking it is expected to cost (its expected
-regret: how much higher its loss at C* is expected to be than the best's). A candidate with one run borrows the campaign's
-exponents; a candidate with many runs is close to its own separate fit.
+regret: how much higher its loss at C* is expected to be than the best's). A
+candidate with one run borrows the campaign's exponents; a candidate with many
+runs is close to its own separate fit.
 
 By default E and the exponents are shared and log A, log B vary (varying=("a", "b")):
 with shared exponents, candidates differ in level but not in slope. Add "e",

@@ -204,8 +204,8 @@ def _campaign_ranking(db: sqlite_utils.Database, program_id: int) -> dict | None
         if r.program.id == program_id:
             f = r.fit
             return {"rank": rank, "of": len(ranked), "c_star": f.c_star, "loss_at_c_star": f.loss_at_c_star,
-                    "loss_interval": [f.loss_low, f.loss_high], "prob_best": f.prob_best, "expected_regret": f.expected_regret,
-                    "fit_round": f.round}
+                    "loss_interval": [f.loss_low, f.loss_high], "prob_best": f.prob_best,
+                    "expected_regret": f.expected_regret, "fit_round": f.round}
     return None
 
 
