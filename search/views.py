@@ -51,7 +51,8 @@ def leaderboard_table(rows: Sequence[dict[str, Any]], title: str, *, width: int 
     columns = [Column("#"), Column("id"), Column("L(C*)"), Column("90% interval"), Column("P(best)"),
                Column("exp. regret"), Column("runs"), Column("N*", drop=4), Column("D*", drop=4),
                Column("base loss", drop=3), Column("proposer", number=False, max_width=16, drop=1),
-               Column("parents", number=False, max_width=12, drop=5), Column("change", number=False, max_width=40, drop=2)]
+               Column("parents", number=False, max_width=12, drop=5),
+               Column("change", number=False, max_width=40, drop=2)]
     cells = [[str(r["rank"]), str(r["id"]), loss(r["loss"]), interval(r["low"], r["high"]), g(r["prob_best"], 2),
               percent(r["expected_regret"]), str(r["n_runs"]), g(r["n_star"]), g(r["d_star"]), loss(r["base_loss"]),
               r["proposer"], _parents(r["parent_ids"]), r["note"] or ""] for r in rows]
