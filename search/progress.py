@@ -14,7 +14,7 @@ from rich.text import Text
 
 from db import query
 from search.inspection import leaderboard
-from search.views import leaderboard_table
+from search.views import g, leaderboard_table, percent
 
 WARNING = "warning: "
 
@@ -36,7 +36,8 @@ def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str
     best_line = "no fit yet"
     if best:
         f = best[0].fit
-        best_line = f"program {best[0].program.id}: L(C*) {f.loss_at_c_star:.4f} [{f.loss_low:.4f}, {f.loss_high:.4f}]"
+        best_line = (f"program {best[0].program.id}: L(C*) {f.loss_at_c_star:.4f} [{f.loss_low:.4f}, {f.loss_high:.4f}], "
+                     f"P(best) {g(f.prob_best, 2)}, expected regret {percent(f.expected_regret)}")
     text = Text()
     text.append(f"candidates {spent.candidates}/{budget_candidates or '∞'}  runs {spent.runs}  "
                 f"proxy FLOPs {spent.flops:.3g}  failures: {failures}\n")

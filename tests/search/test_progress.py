@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import io
+import pathlib
+import sys
 
 from rich.console import Console
 
-from db import schema
-from search.progress import Progress, ranking_table, short
+sys.path.insert(0, str(pathlib.Path(__file__).parent))  # for recorded_campaign (tests/ is not a package)
+
+from db import schema  # noqa: E402
+from recorded_campaign import BEST, campaign_path  # noqa: E402
+from search import inspection  # noqa: E402
+from search.progress import Progress, ranking_table, short, summary_text  # noqa: E402
 
 
 def _lines(capsys, *events):
@@ -38,3 +44,12 @@ def test_candidate_and_run_lines(capsys):
 def test_a_campaign_with_no_fit_says_so_instead_of_an_empty_ranking():
     db = schema.connect(":memory:")
     assert "no ranking yet" in ranking_table(db).plain
+
+
+def test_the_summary_names_the_leader_with_its_interval_p_best_and_expected_regret():
+    db = inspection.open_readonly(campaign_path())
+    leader = inspection.leaderboard(db, 1)[0]
+    text = summary_text(db, 40).plain
+    assert (f"best program {BEST}: L(C*) {leader['loss']:.4f} [{leader['low']:.4f}, {leader['high']:.4f}], "
+            f"P(best) {leader['prob_best']:.2g}, expected regret {100 * leader['expected_regret']:.2f}%") in text
+    db.conn.close()
