@@ -36,8 +36,9 @@ def summary_text(db: sqlite_utils.Database, budget_candidates: int, message: str
     best_line = "no fit yet"
     if best:
         f = best[0].fit
-        best_line = (f"program {best[0].program.id}: L(C*) {f.loss_at_c_star:.4f} [{f.loss_low:.4f}, {f.loss_high:.4f}], "
-                     f"P(best) {g(f.prob_best, 2)}, expected regret {percent(f.expected_regret)}")
+        best_line = (f"program {best[0].program.id}: L(C*) {f.loss_at_c_star:.4f} "
+                     f"[{f.loss_low:.4f}, {f.loss_high:.4f}], P(best) {g(f.prob_best, 2)}, "
+                     f"expected regret {percent(f.expected_regret)}")
     text = Text()
     text.append(f"candidates {spent.candidates}/{budget_candidates or '∞'}  runs {spent.runs}  "
                 f"proxy FLOPs {spent.flops:.3g}  failures: {failures}\n")
