@@ -79,8 +79,7 @@ from active_learning import allocate, oracle
 from active_learning.baselines import grid_design, random_design
 from active_learning.choose import DECISION_LOSSES, choose_next_runs
 from active_learning.hierarchical import DEPARTURE_FRAMES
-from active_learning.pooled import (PooledFit, PoolingConfig, expected_regret_of_draws, fit_pooled,
-                                   prob_best_of_draws)
+from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
 from active_learning.scaling_law import HOFFMANN_2022, Chinchilla, Features, Observation
 
 
@@ -271,12 +270,11 @@ def score(runs: Runs, fit: PooledFit | None = None) -> dict[str, float]:
     best, pick = int(np.argmin(camp.true_optimum)), int(np.argmin(hat))
     regret = math.expm1(camp.true_optimum[pick] - camp.true_optimum[best])
     # A fixed generator: P(best) is a Monte Carlo integral here, not part of the experiment's randomness.
-    draws = fit.target_draws(runs.cfg.target_flops, np.random.default_rng(0))
-    confidence, expected_regret = prob_best_of_draws(draws)[pick], expected_regret_of_draws(draws)[pick]
+    standing = fit.standings(runs.cfg.target_flops, np.random.default_rng(0))[camp.names[pick]]
     truth = np.exp(camp.true_optimum)
     covered = [pred[c].lo <= t <= pred[c].hi for c, t in zip(camp.names, truth)]
     return {"mare": float(rel.mean()), "best_error": float(rel[best]), "pick": float(pick == best),
-            "regret": float(regret), "expected_regret": float(expected_regret), "confidence": float(confidence),
+            "regret": float(regret), "expected_regret": standing.expected_regret, "confidence": standing.prob_best,
             "coverage": float(np.mean(covered))}
 
 

@@ -29,8 +29,22 @@ from active_learning.hierarchical import EXPONENTS, PoolingConfig, RunsByCandida
 from active_learning.scaling_law import MIN_EXPONENT, Reparam, ScalingLaw, get_law
 from active_learning.threads import one_blas_thread
 
-__all__ = ["PoolingConfig", "PooledFit", "RunsByCandidate", "TargetPrediction", "expected_regret_of_draws",
-           "fit_pooled", "prob_best_of_draws"]
+__all__ = ["PoolingConfig", "PooledFit", "RunsByCandidate", "Standing", "TargetPrediction",
+           "expected_regret_of_draws", "fit_pooled", "prob_best_of_draws"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Standing:
+    """Where one candidate stands in the decision "which is best at C*" (PooledFit.standings).
+
+    Attributes:
+      prob_best: posterior probability that it has the lowest loss at C*.
+      expected_regret: how much higher its loss at C* is expected to be than the best candidate's, as a
+        fraction (expected_regret_of_draws): what picking it now is expected to cost.
+    """
+
+    prob_best: float
+    expected_regret: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,13 +268,14 @@ class PooledFit:
                                   method=method)
         return dict(zip(self.candidates, prob_best_of_draws(draws).tolist()))
 
-    def expected_regret(self, target_flops: float, rng: np.random.Generator, *, n_samples: int = 4000,
-                        inference_tokens: float = 0.0, method: str = "linear") -> dict[str, float]:
-        """Each candidate's expected loss above the best candidate's at the target compute, relative
-        (expected_regret_of_draws over target_draws): what choosing it now is expected to cost."""
+    def standings(self, target_flops: float, rng: np.random.Generator, *, n_samples: int = 4000,
+                  inference_tokens: float = 0.0, method: str = "linear") -> dict[str, Standing]:
+        """Each candidate's P(best) and expected regret at the target compute, both from one set of
+        target_draws, so that they describe the same posterior sample."""
         draws = self.target_draws(target_flops, rng, n_samples=n_samples, inference_tokens=inference_tokens,
                                   method=method)
-        return dict(zip(self.candidates, expected_regret_of_draws(draws).tolist()))
+        return {c: Standing(float(p), float(r)) for c, p, r in
+                zip(self.candidates, prob_best_of_draws(draws), expected_regret_of_draws(draws))}
 
 
 def prob_best_of_draws(log_losses: np.ndarray) -> np.ndarray:

@@ -114,14 +114,12 @@ def _interval(values: np.ndarray) -> list[float]:
 
 def allocation(pooled, cand: str, flops: float, inference_tokens: float, rng: np.random.Generator) -> dict[str, Any]:
     """N, D and the loss at compute ``flops`` for the candidate: posterior intervals, P(best), expected regret."""
-    from active_learning.pooled import expected_regret_of_draws, prob_best_of_draws
-
     k = pooled.index(cand)
     pred = pooled.predict_at_target(flops, inference_tokens=inference_tokens)[cand]
     draws = pooled.sample(rng, POSTERIOR_DRAWS)
     log_n, log_d, _ = pooled.target_allocation(draws, flops, inference_tokens)
     fpt = float(pooled.flops_models[k].per_token(pred.n_opt))
-    losses = pooled.target_draws(flops, rng, inference_tokens=inference_tokens)  # as the campaign ranks them
+    standing = pooled.standings(flops, rng, inference_tokens=inference_tokens)[cand]  # as the campaign ranks them
     return {
         "n_params": pred.n_opt,
         "n_params_interval": _interval(np.exp(log_n[:, k])),
@@ -131,8 +129,8 @@ def allocation(pooled, cand: str, flops: float, inference_tokens: float, rng: np
         "predicted_loss": pred.loss,
         "loss_interval": [pred.lo, pred.hi],
         "loss_sd": pred.sd,
-        "prob_best": float(prob_best_of_draws(losses)[k]),
-        "expected_regret": float(expected_regret_of_draws(losses)[k]),
+        "prob_best": standing.prob_best,
+        "expected_regret": standing.expected_regret,
         "inference_tokens": inference_tokens,
         "training_flops": fpt * pred.d_opt,
         "inference_flops": 2.0 * pred.n_opt * inference_tokens,

@@ -21,8 +21,7 @@ import numpy as np
 import sqlite_utils
 
 from active_learning.choose import choose_next_runs
-from active_learning.pooled import (PooledFit, PoolingConfig, expected_regret_of_draws, fit_pooled,
-                                   prob_best_of_draws)
+from active_learning.pooled import PooledFit, PoolingConfig, fit_pooled
 from active_learning.scaling_law import Observation
 from db import query
 from db.rows import Fit, Run, Stage, State, Status
@@ -81,17 +80,14 @@ def fit_round(db: sqlite_utils.Database, spec: CampaignSpec, rng: np.random.Gene
     pooled = fit_pooled(obs, pooling(spec))
     c_star, inference = spec.target_flops, spec.inference_tokens
     predictions = pooled.predict_at_target(c_star, inference_tokens=inference)
-    # One set of draws for both, so that P(best) and the regret describe the same posterior sample.
-    draws = pooled.target_draws(c_star, rng, inference_tokens=inference)
-    prob_best = dict(zip(pooled.candidates, prob_best_of_draws(draws).tolist()))
-    regret = dict(zip(pooled.candidates, expected_regret_of_draws(draws).tolist()))
+    standings = pooled.standings(c_star, rng, inference_tokens=inference)
     fits = [_pooled_record(pooled, n_runs)]
     for cand, pred in predictions.items():
         fits.append(Fit(
             program_id=int(cand), kind="candidate", law=pooled.law_name, params=pooled.params(cand),
             intervals=_intervals(pooled, cand), c_star=c_star, loss_at_c_star=pred.loss, loss_low=pred.lo,
-            loss_high=pred.hi, n_star=pred.n_opt, d_star=pred.d_opt, prob_best=prob_best[cand],
-            expected_regret=regret[cand], n_runs=pred.n_runs,
+            loss_high=pred.hi, n_star=pred.n_opt, d_star=pred.d_opt, prob_best=standings[cand].prob_best,
+            expected_regret=standings[cand].expected_regret, n_runs=pred.n_runs,
         ))
     return Judgement(fits, {int(c): p.loss for c, p in predictions.items()}, pooled)
 

@@ -49,7 +49,7 @@ def test_the_confidence_is_the_fits_own_probability_that_its_pick_is_best():
     pick = min(campaign.names, key=lambda c: pred[c].loss)
     assert scored["confidence"] == pytest.approx(fit.prob_best(cfg.target_flops, np.random.default_rng(0))[pick])
     assert scored["expected_regret"] == pytest.approx(
-        fit.expected_regret(cfg.target_flops, np.random.default_rng(0))[pick])
+        fit.standings(cfg.target_flops, np.random.default_rng(0))[pick].expected_regret)
     # Settled by noiseless data, the fit is sure and right.
     quiet = bench.Campaign(campaign.names, campaign.theta, campaign.true_optimum, 0.0 * campaign.noise)
     quiet_runs = bench._fixed_design(quiet, dataclasses.replace(cfg, noise=1e-4), "grid", 1.0, np.random.default_rng(0))

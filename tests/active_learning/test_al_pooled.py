@@ -340,7 +340,8 @@ def test_expected_regret_is_small_for_the_clear_winner_and_the_loss_gap_for_the_
     fit = fit_pooled(runs)
     pred = fit.predict_at_target(TARGET)
     for method in ("linear", "sample"):
-        regret = fit.expected_regret(TARGET, np.random.default_rng(1), method=method)
-        assert 0.0 <= regret["better"] < 1e-4
+        standings = fit.standings(TARGET, np.random.default_rng(1), method=method)
+        assert 0.0 <= standings["better"].expected_regret < 1e-4
         # The loser is expected to cost about the predicted gap between the two.
-        assert regret["base"] == pytest.approx(pred["base"].loss / pred["better"].loss - 1.0, rel=0.05)
+        gap = pred["base"].loss / pred["better"].loss - 1.0
+        assert standings["base"].expected_regret == pytest.approx(gap, rel=0.05)
